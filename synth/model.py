@@ -1,0 +1,402 @@
+"""cluster.toml: the pydantic model, its loading, and every validation rule.
+
+Loading never stops at the first problem: structural problems come from pydantic (all of them),
+then the cross-field rules run on whatever parsed, and every problem is reported together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synth.errors import Problem, SynthError, dotted
+
+Role = Literal["frontend", "backend", "pictrs", "postgres"]
+ROLES: tuple[str, ...] = get_args(Role)
+TlsMode = Literal["acme", "none", "manual"]
+TLS_MODES: tuple[str, ...] = get_args(TlsMode)
+
+# PostgreSQL majors that nixpkgs 26.05 packages and Lemmy 0.19 runs on (it needs >= 13).
+POSTGRES_VERSIONS = (14, 15, 16, 17, 18)
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
+_STATE_VERSION_RE = re.compile(r"^\d\d\.\d\d$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ClusterSection(_Strict):
+    name: str
+    domain: str
+    admin_email: str
+    system: str = "x86_64-linux"
+    state_version: str = "26.05"
+    site_name: str | None = None
+    admin_username: str = "admin"
+    tls: TlsMode = "acme"
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    behind_https_proxy: bool = False
+
+
+class PostgresSection(_Strict):
+    primary: str
+    version: int
+    synchronous: bool = False
+    max_connections: int = Field(default=200, ge=20, le=10000)
+
+
+class BackendSection(_Strict):
+    pool_size: int = Field(default=30, ge=2, le=1000)
+
+
+class SecretsSection(_Strict):
+    dir: str = "/var/lib/lemmy-cluster/secrets"
+
+
+class Machine(_Strict):
+    address: str
+    private_address: str | None = None
+    roles: list[Role]
+    system: str | None = None
+    ssh_user: str = "root"
+
+
+class Cluster(_Strict):
+    cluster: ClusterSection
+    postgres: PostgresSection
+    backend: BackendSection = BackendSection()
+    secrets: SecretsSection = SecretsSection()
+    machines: dict[str, Machine]
+
+    def machines_with(self, role: str) -> list[str]:
+        """Names of the machines that have ROLE, in file order."""
+        return [name for name, m in self.machines.items() if role in m.roles]
+
+    def private_address(self, name: str) -> str:
+        m = self.machines[name]
+        return m.private_address if m.private_address is not None else m.address
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: Path) -> Cluster:
+    """Read and validate PATH; raise SynthError with every problem found."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SynthError.single(
+            file, "", "file not found; create it (see examples/ or the README's reference)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SynthError.single(file, "", f"cannot read: {exc}") from None
+    return parse(text, file)
+
+
+def parse(text: str, file: str = "cluster.toml") -> Cluster:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SynthError.single(file, "", f"TOML syntax error: {_toml_message(exc)}") from None
+    return from_data(data, file)
+
+
+def from_data(data: dict[str, Any], file: str = "cluster.toml") -> Cluster:
+    try:
+        cluster = Cluster.model_validate(data)
+    except ValidationError as exc:
+        problems = [_translate(err) for err in exc.errors()]
+        problems += _check_raw(data)
+        raise SynthError(file, sorted(set(problems))) from None
+    problems = check(cluster)
+    if problems:
+        raise SynthError(file, problems)
+    return cluster
+
+
+def _toml_message(exc: tomllib.TOMLDecodeError) -> str:
+    msg = str(exc)
+    m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    if m:
+        head = msg[: m.start()].strip()
+        return f"line {m.group(1)}, column {m.group(2)}: {head}"
+    return msg
+
+
+# --------------------------------------------------------------------------- pydantic errors
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last element of LOC (for did-you-mean on unknown keys)."""
+    model: type[BaseModel] | None = Cluster
+    i = 0
+    while i < len(loc) - 1 and model is not None:
+        field = model.model_fields.get(str(loc[i]))
+        if field is None:
+            return None
+        ann = field.annotation
+        if ann is Machine or (getattr(ann, "__origin__", None) is dict):
+            # dict[str, Machine]: skip the machine name
+            model = Machine
+            i += 2
+            continue
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        i += 1
+    return model
+
+
+def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+
+
+def _translate(err: Any) -> Problem:
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    kind: str = err["type"]
+    where = dotted(loc)
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        known = list(model.model_fields) if model else []
+        hint = _did_you_mean(str(loc[-1]), known)
+        allowed = ", ".join(known)
+        return Problem(where, f"unknown key; {hint}allowed keys here: {allowed}")
+    if kind == "missing":
+        if len(loc) == 1:
+            return Problem(where, f"missing table [{loc[0]}]; add it (see the README's reference)")
+        return Problem(where, "required key missing; add it")
+    if kind == "literal_error":
+        value = err.get("input")
+        if len(loc) >= 2 and loc[-2] == "roles":
+            hint = _did_you_mean(str(value), ROLES)
+            return Problem(where, f"unknown role {value!r}; {hint}roles are: {', '.join(ROLES)}")
+        expected = err.get("ctx", {}).get("expected", "")
+        return Problem(where, f"invalid value {value!r}; expected one of {expected}")
+    if kind in _TYPE_NAMES:
+        got = type(err.get("input")).__name__
+        return Problem(where, f"must be {_TYPE_NAMES[kind]} (got {got})")
+    return Problem(where, err["msg"])
+
+
+def _check_raw(data: dict[str, Any]) -> list[Problem]:
+    """Rules that can still run on raw data when the structure did not parse (machine names)."""
+    machines = data.get("machines")
+    if not isinstance(machines, dict):
+        return []
+    return [_machine_name_problem(name) for name in machines if not _LABEL_RE.match(name)]
+
+
+def _machine_name_problem(name: str) -> Problem:
+    return Problem(
+        dotted(("machines", name)),
+        "invalid machine name; use a hostname label: lowercase letters, digits and '-', "
+        "1-63 characters, not starting or ending with '-'",
+    )
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def valid_dns_name(text: str) -> bool:
+    if not text or len(text) > 253 or text.endswith("."):
+        return False
+    return all(_LABEL_RE.match(label) for label in text.split("."))
+
+
+def check(c: Cluster) -> list[Problem]:
+    """Every rule that involves more than one field. Returns all problems, sorted by path."""
+    p: list[Problem] = []
+    cl = c.cluster
+    if not _NAME_RE.match(cl.name):
+        p.append(Problem("cluster.name", "use lowercase letters, digits and '-' only (e.g. 'my-lemmy')"))
+    if not (valid_dns_name(cl.domain) and "." in cl.domain) or _is_ip(cl.domain):
+        p.append(
+            Problem(
+                "cluster.domain",
+                f"{cl.domain!r} is not a valid domain name; give the instance's public hostname "
+                "in lowercase, such as 'lemmy.example.org'",
+            )
+        )
+    if not _EMAIL_RE.match(cl.admin_email):
+        p.append(Problem("cluster.admin_email", f"{cl.admin_email!r} is not an email address"))
+    if not _SYSTEM_RE.match(cl.system):
+        p.append(Problem("cluster.system", f"{cl.system!r} is not a Nix system such as 'x86_64-linux'"))
+    if not _STATE_VERSION_RE.match(cl.state_version):
+        p.append(Problem("cluster.state_version", "must look like '26.05'"))
+    if cl.site_name is not None and not 1 <= len(cl.site_name) <= 20:
+        p.append(Problem("cluster.site_name", "Lemmy allows 1 to 20 characters"))
+    if not re.match(r"^[A-Za-z0-9_]{3,20}$", cl.admin_username):
+        p.append(Problem("cluster.admin_username", "Lemmy user names are 3-20 letters, digits or '_'"))
+    if cl.tls == "manual":
+        for key in ("tls_certificate", "tls_key"):
+            value = getattr(cl, key)
+            if value is None:
+                p.append(Problem(f"cluster.{key}", 'required when tls = "manual": the file\'s path on every frontend'))
+            elif not value.startswith("/") or value.startswith("/nix/store"):
+                p.append(Problem(f"cluster.{key}", "must be an absolute path outside /nix/store"))
+    else:
+        for key in ("tls_certificate", "tls_key"):
+            if getattr(cl, key) is not None:
+                p.append(Problem(f"cluster.{key}", 'only used with tls = "manual"; remove it or set tls = "manual"'))
+    if cl.behind_https_proxy and cl.tls != "none":
+        p.append(
+            Problem("cluster.behind_https_proxy", 'only meaningful with tls = "none" (TLS ends at your own proxy)')
+        )
+
+    sd = c.secrets.dir
+    if not sd.startswith("/") or sd.startswith("/nix/store"):
+        p.append(Problem("secrets.dir", "must be an absolute path on the hosts, outside /nix/store"))
+
+    p += _check_machines(c)
+    p += _check_roles(c)
+    return sorted(p)
+
+
+def _check_machines(c: Cluster) -> list[Problem]:
+    p: list[Problem] = []
+    public: dict[str, str] = {}
+    private: dict[str, str] = {}
+    for name, m in c.machines.items():
+        base = ("machines", name)
+        if not _LABEL_RE.match(name):
+            p.append(_machine_name_problem(name))
+        if not (_is_ip(m.address) or valid_dns_name(m.address)):
+            p.append(Problem(dotted((*base, "address")), f"{m.address!r} is neither an IP address nor a DNS name"))
+        if m.private_address is None:
+            if not _is_ip(m.address):
+                p.append(
+                    Problem(
+                        dotted((*base, "private_address")),
+                        "required because address is a DNS name: the cluster-internal IP address "
+                        "that the other machines use",
+                    )
+                )
+        elif not _is_ip(m.private_address):
+            p.append(Problem(dotted((*base, "private_address")), f"{m.private_address!r} is not an IP address"))
+        if not m.roles:
+            p.append(Problem(dotted((*base, "roles")), f"give at least one role: {', '.join(ROLES)}"))
+        seen: set[str] = set()
+        for i, role in enumerate(m.roles):
+            if role in seen:
+                p.append(Problem(dotted((*base, "roles", i)), f"role {role!r} is listed twice"))
+            seen.add(role)
+        if m.system is not None and not _SYSTEM_RE.match(m.system):
+            p.append(Problem(dotted((*base, "system")), f"{m.system!r} is not a Nix system such as 'x86_64-linux'"))
+        if not re.match(r"^[a-z_][a-z0-9_-]*$", m.ssh_user):
+            p.append(Problem(dotted((*base, "ssh_user")), "not a valid user name"))
+
+        addr = _norm(m.address)
+        if addr in public:
+            p.append(
+                Problem(dotted((*base, "address")), f"{m.address} is already the address of machine {public[addr]!r}")
+            )
+        else:
+            public[addr] = name
+        if m.private_address is not None or _is_ip(m.address):
+            priv = _norm(c.private_address(name))
+            if priv in private:
+                p.append(
+                    Problem(
+                        dotted((*base, "private_address" if m.private_address else "address")),
+                        f"private address {c.private_address(name)} is already used by machine {private[priv]!r}",
+                    )
+                )
+            else:
+                private[priv] = name
+    return p
+
+
+def _norm(addr: str) -> str:
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return addr.lower()
+
+
+def _check_roles(c: Cluster) -> list[Problem]:
+    p: list[Problem] = []
+    pg = c.postgres
+    if pg.version not in POSTGRES_VERSIONS:
+        p.append(
+            Problem(
+                "postgres.version",
+                f"PostgreSQL {pg.version} is not supported; choose one of "
+                f"{', '.join(map(str, POSTGRES_VERSIONS))} (17 is nixpkgs 26.05's default)",
+            )
+        )
+    if pg.primary not in c.machines:
+        hint = _did_you_mean(pg.primary, list(c.machines))
+        p.append(
+            Problem(
+                "postgres.primary",
+                f"no machine named {pg.primary!r}; {hint}it must name a machine with role 'postgres'",
+            )
+        )
+    elif "postgres" not in c.machines[pg.primary].roles:
+        p.append(
+            Problem(
+                "postgres.primary",
+                f"machine {pg.primary!r} has no 'postgres' role; add it to its roles or name another machine",
+            )
+        )
+    if not c.machines_with("frontend"):
+        p.append(Problem("machines", "no machine has role 'frontend'; give at least one machine the frontend role"))
+    for role in ("backend", "pictrs"):
+        have = c.machines_with(role)
+        if len(have) != 1:
+            got = f"{len(have)} ({', '.join(have)})" if have else "none"
+            p.append(
+                Problem(
+                    "machines",
+                    f"exactly one machine must have role {role!r}, found {got}; running several "
+                    f"{role} machines is not supported yet (scale-out of the backend and pict-rs "
+                    "is planned)",
+                )
+            )
+    if pg.synchronous and len(c.machines_with("postgres")) < 2:
+        p.append(
+            Problem(
+                "postgres.synchronous",
+                "needs at least one replica (a second 'postgres' machine); with none, every commit would wait forever",
+            )
+        )
+    pools = len(c.machines_with("backend")) * c.backend.pool_size
+    if pools + 10 > pg.max_connections:
+        p.append(
+            Problem(
+                "backend.pool_size",
+                f"the backends' pools need {pools} connections plus 10 reserved, more than "
+                f"postgres.max_connections = {pg.max_connections}; lower pool_size or raise max_connections",
+            )
+        )
+    return p

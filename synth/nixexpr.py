@@ -1,0 +1,109 @@
+"""The one place that writes Nix text.
+
+Values are plain Python data: dict (attribute set, keys are str), list, str, bool, int and None
+(null). Floats are refused: nothing synth writes needs one, and a lossless round trip through
+Nix's float printing is not guaranteed. ``Raw`` inserts a Nix expression verbatim (used only for a few fixed
+expressions, never for user input). Output is deterministic: keys keep insertion order, which
+the renderer chooses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
+# Identifiers that are Nix keywords must be quoted when used as attribute names.
+_KEYWORDS = frozenset({"if", "then", "else", "assert", "with", "let", "in", "rec", "inherit", "or"})
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A Nix expression inserted as is."""
+
+    text: str
+
+
+def string(value: str) -> str:
+    """A double-quoted Nix string literal whose value is exactly VALUE."""
+    out = ['"']
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "$" and value[i + 1 : i + 2] == "{":
+            out.append("\\${")
+            i += 1
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        else:
+            out.append(ch)
+        i += 1
+    out.append('"')
+    return "".join(out)
+
+
+def attr_name(name: str) -> str:
+    """An attribute name, quoted when it is not a plain identifier."""
+    if _IDENT_RE.match(name) and name not in _KEYWORDS:
+        return name
+    return string(name)
+
+
+def _scalar(value: object) -> str | None:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        # Nix integers are 64-bit; negative literals are parsed as unary minus, which is fine.
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"integer out of Nix range: {value}")
+        return str(value)
+    if isinstance(value, str):
+        return string(value)
+    if isinstance(value, Raw):
+        return value.text
+    return None
+
+
+def render(value: object, indent: int = 0) -> str:
+    """VALUE as Nix text, attribute sets and lists laid out one element per line."""
+    scalar = _scalar(value)
+    if scalar is not None:
+        return scalar
+    pad = "  " * (indent + 1)
+    end = "  " * indent
+    if isinstance(value, Mapping):
+        if not value:
+            return "{ }"
+        lines = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"attribute names must be strings, got {key!r}")
+            lines.append(f"{pad}{attr_name(key)} = {render(item, indent + 1)};")
+        return "{\n" + "\n".join(lines) + "\n" + end + "}"
+    if isinstance(value, Sequence):
+        if not value:
+            return "[ ]"
+        if len(value) == 1 and _scalar(value[0]) is not None and not isinstance(value[0], Raw):
+            return f"[ {_scalar(value[0])} ]"  # nixfmt keeps one-element lists on one line
+        items = []
+        for item in value:
+            text = render(item, indent + 1)
+            # Function applications and negative numbers need parentheses inside a list.
+            if isinstance(item, Raw) and " " in text and not text.startswith(("(", "[", "{", '"')):
+                text = f"({text})"
+            items.append(pad + text)
+        return "[\n" + "\n".join(items) + "\n" + end + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as Nix: {value!r}")

@@ -1,0 +1,167 @@
+"""Who serves what: every derived value of the cluster, computed once, in pure Python.
+
+Nothing here knows Nix syntax or option names; ``render`` maps a HostPlan onto the modules'
+options. Everything is deterministic: machines are taken in file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from synth.model import Cluster
+
+# Ports of the services, the same defaults as the role modules in modules/.
+BACKEND_PORT = 8536
+UI_PORT = 1234
+PICTRS_PORT = 8080
+POSTGRES_PORT = 5432
+HTTP_PORT = 80
+HTTPS_PORT = 443
+
+DB_NAME = "lemmy"
+DB_USER = "lemmy"
+REPLICATION_USER = "replicator"
+
+SECRET_FILES = {
+    "db_password": "lemmy-db-password",
+    "replication_password": "replication-password",
+    "pictrs_api_key": "pictrs-api-key",
+    "admin_password": "admin-password",
+}
+
+
+def hostport(address: str, port: int) -> str:
+    """ADDRESS:PORT, with brackets for IPv6."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def slot_name(machine: str) -> str:
+    """The physical replication slot (and application_name) of a PostgreSQL machine."""
+    return machine.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class FrontendPlan:
+    backends: list[str]
+    ui_peers: list[str]
+    acme_peers: list[str]
+    ui_clients: list[str]
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    database_hosts: list[str]
+    pictrs_url: str
+    clients: list[str]
+    scheduled_tasks: bool
+    federation_index: int
+    federation_count: int
+    pool_size: int
+
+
+@dataclass(frozen=True)
+class PictrsPlan:
+    clients: list[str]
+
+
+@dataclass(frozen=True)
+class PostgresPlan:
+    role: str  # "primary" | "replica"
+    primary_address: str
+    slot: str
+    replication_slots: list[str]
+    clients: list[str]
+    replication_peers: list[str]
+    synchronous_standbys: list[str]
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    system: str
+    address: str
+    private_address: str
+    roles: list[str]
+    peers: dict[str, str]
+    secrets: dict[str, str]
+    frontend: FrontendPlan | None = None
+    backend: BackendPlan | None = None
+    pictrs: PictrsPlan | None = None
+    postgres: PostgresPlan | None = None
+    public_ports: list[int] = field(default_factory=list)
+
+
+def plan(c: Cluster) -> dict[str, HostPlan]:
+    """One HostPlan per machine, in file order."""
+    addr = {name: c.private_address(name) for name in c.machines}
+    frontends = c.machines_with("frontend")
+    backends = c.machines_with("backend")
+    pictrs = c.machines_with("pictrs")
+    pgs = c.machines_with("postgres")
+    primary = c.postgres.primary
+    replicas = [m for m in pgs if m != primary]
+
+    def secrets_for(roles: Sequence[str]) -> dict[str, str]:
+        need: list[str] = []
+        if "backend" in roles:
+            need += ["db_password", "pictrs_api_key", "admin_password"]
+        if "pictrs" in roles:
+            need += ["pictrs_api_key"]
+        if "postgres" in roles:
+            need += ["db_password", "replication_password"]
+        base = c.secrets.dir.rstrip("/")
+        return {k: f"{base}/{SECRET_FILES[k]}" for k in SECRET_FILES if k in need}
+
+    hosts: dict[str, HostPlan] = {}
+    for name, m in c.machines.items():
+        roles: list[str] = list(m.roles)
+        fe = be = pr = pg = None
+        if "frontend" in roles:
+            others = [f for f in frontends if f != name]
+            fe = FrontendPlan(
+                backends=[hostport(addr[b], BACKEND_PORT) for b in backends],
+                ui_peers=[hostport(addr[f], UI_PORT) for f in others],
+                acme_peers=[hostport(addr[f], HTTP_PORT) for f in others],
+                ui_clients=[addr[f] for f in others],
+            )
+        if "backend" in roles:
+            index = backends.index(name) + 1
+            be = BackendPlan(
+                database_hosts=[addr[primary]],
+                pictrs_url=f"http://{hostport(addr[pictrs[0]], PICTRS_PORT)}/",
+                clients=[addr[f] for f in frontends if f != name],
+                scheduled_tasks=index == 1,
+                federation_index=index,
+                federation_count=len(backends),
+                pool_size=c.backend.pool_size,
+            )
+        if "pictrs" in roles:
+            pr = PictrsPlan(clients=[addr[b] for b in backends if b != name])
+        if "postgres" in roles:
+            peers = [p for p in pgs if p != name]
+            pg = PostgresPlan(
+                role="primary" if name == primary else "replica",
+                primary_address=addr[primary],
+                slot=slot_name(name),
+                replication_slots=[slot_name(p) for p in peers],
+                clients=[addr[b] for b in backends if b != name],
+                replication_peers=[addr[p] for p in peers],
+                synchronous_standbys=([slot_name(r) for r in replicas] if c.postgres.synchronous else []),
+            )
+        public = [HTTP_PORT] + ([HTTPS_PORT] if c.cluster.tls != "none" else []) if fe else []
+        hosts[name] = HostPlan(
+            name=name,
+            system=m.system or c.cluster.system,
+            address=m.address,
+            private_address=addr[name],
+            roles=roles,
+            peers={p: addr[p] for p in c.machines if p != name},
+            secrets=secrets_for(roles),
+            frontend=fe,
+            backend=be,
+            pictrs=pr,
+            postgres=pg,
+            public_ports=public,
+        )
+    return hosts
