@@ -1,0 +1,139 @@
+{
+  description = "lemmy-cluster: one Lemmy instance on several NixOS machines";
+
+  # NixOS stable: Lemmy 0.19 (lemmy-server, lemmy-ui), pict-rs 0.5, PostgreSQL 14-18.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # Written by `synth generate` from cluster.toml; adding a machine needs no edit here.
+      machines = if builtins.pathExists ./hosts/machines.nix then import ./hosts/machines.nix else { };
+
+      hostModules =
+        name: machine:
+        let
+          dir = ./hosts + "/${name}";
+          hardware = dir + "/hardware-configuration.nix";
+        in
+        [
+          self.nixosModules.default
+          dir
+          { nixpkgs.hostPlatform = lib.mkDefault machine.system; }
+          (if builtins.pathExists hardware then hardware else ./modules/no-hardware.nix)
+        ];
+
+      pythonTestInputs =
+        ps: with ps; [
+          pydantic
+          click
+          tomlkit
+          pytest
+          hypothesis
+        ];
+    in
+    {
+      nixosModules = {
+        common = ./modules/common.nix;
+        frontend = ./modules/frontend;
+        backend = ./modules/backend;
+        pictrs = ./modules/pictrs;
+        postgres = ./modules/postgres;
+        default = ./modules;
+      };
+
+      nixosConfigurations = lib.mapAttrs (
+        name: machine: lib.nixosSystem { modules = hostModules name machine; }
+      ) machines;
+
+      packages = forAllSystems (pkgs: {
+        synth = pkgs.python3Packages.buildPythonApplication {
+          pname = "lemmy-cluster-synth";
+          version = "0.1.0";
+          pyproject = true;
+          src = lib.fileset.toSource {
+            root = ./.;
+            fileset = lib.fileset.unions [
+              ./pyproject.toml
+              ./README.md
+              ./synth
+            ];
+          };
+          build-system = [ pkgs.python3Packages.setuptools ];
+          dependencies = with pkgs.python3Packages; [
+            pydantic
+            click
+            tomlkit
+          ];
+          pythonImportsCheck = [ "synth.cli" ];
+          meta.mainProgram = "synth";
+        };
+        default = self.packages.${pkgs.stdenv.hostPlatform.system}.synth;
+      });
+
+      apps = forAllSystems (pkgs: {
+        synth = {
+          type = "app";
+          program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.synth;
+        };
+        default = self.apps.${pkgs.stdenv.hostPlatform.system}.synth;
+      });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = [
+            (pkgs.python3.withPackages (ps: pythonTestInputs ps ++ [ ps.mypy ]))
+            pkgs.ruff
+            pkgs.nixfmt
+            pkgs.nginx
+            pkgs.postgresql_17
+            pkgs.jq
+          ];
+        };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+
+      checks = forAllSystems (
+        pkgs:
+        let
+          system = pkgs.stdenv.hostPlatform.system;
+          # Evaluating a machine's whole system (assertions, option types, unit files) without
+          # building it: the check's output is the toplevel's derivation path.
+          evalChecks = lib.mapAttrs' (
+            name: machine:
+            lib.nameValuePair "eval-${name}" (
+              pkgs.writeText "lemmy-cluster-eval-${name}" (
+                builtins.unsafeDiscardStringContext self.nixosConfigurations.${name}.config.system.build.toplevel.drvPath
+              )
+            )
+          ) (lib.filterAttrs (_: m: m.system == system) machines);
+        in
+        evalChecks
+        // {
+          # The Python test suite; tests that need nginx, PostgreSQL, namespaces or Nix itself skip
+          # in the sandbox (they run in the repository's CI, see .ci/run).
+          synth-tests =
+            pkgs.runCommand "lemmy-cluster-synth-tests"
+              {
+                nativeBuildInputs = [
+                  (pkgs.python3.withPackages pythonTestInputs)
+                ];
+              }
+              ''
+                cp -r ${self}/. source && chmod -R u+w source && cd source
+                HOME=$TMPDIR PYTHONPATH=$PWD python -m pytest -q -p no:cacheprovider -m "not live" tests
+                touch $out
+              '';
+        }
+        // lib.optionalAttrs (system == "x86_64-linux") (import ./nixos-tests { inherit pkgs self; })
+      );
+    };
+}

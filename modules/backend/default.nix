@@ -1,0 +1,218 @@
+# lemmy-cluster backend role: lemmy_server on its own unit.
+#
+# nixpkgs' services.lemmy is single-host by construction (loopback addresses, lemmy-ui requires
+# the backend unit, pict-rs forced on), so this module runs `pkgs.lemmy-server` itself. The config
+# file is built at start from a secret-free template in the Nix store plus secret files read
+# through systemd's LoadCredential, into /run/lemmy/config.hjson (mode 0600, the dynamic user's).
+#
+# Horizontal-scaling switches of Lemmy 0.19 (environment variables since 0.19.4) are set
+# explicitly: exactly one backend of a cluster runs the scheduled tasks, and the outgoing
+# federation shards 1..count are each run once.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.lemmy-cluster.backend;
+  top = config.services.lemmy-cluster;
+  inherit (lib) mkOption types;
+
+  hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
+
+  # Everything Lemmy needs except the secrets (added by write-config.sh at start).
+  template = {
+    hostname = top.domain;
+    bind = cfg.listenAddress;
+    inherit (cfg) port;
+    tls_enabled = cfg.tlsEnabled;
+    database.pool_size = cfg.database.poolSize;
+    pictrs.url = cfg.pictrsUrl;
+    setup = {
+      admin_username = cfg.setup.adminUsername;
+      admin_email = cfg.setup.adminEmail;
+      site_name = cfg.setup.siteName;
+    };
+  };
+  templateFile = pkgs.writeText "lemmy-config-template.json" (builtins.toJSON template);
+
+  dbHosts = lib.concatMapStringsSep "," (h: hostPort h cfg.database.port) cfg.database.hosts;
+  # With several PostgreSQL hosts the driver tries them in order and keeps the one that accepts
+  # writes, so the backend follows a promoted replica without a redeploy.
+  dbParams = lib.optionalString (lib.length cfg.database.hosts > 1) "target_session_attrs=read-write";
+in
+{
+  options.services.lemmy-cluster.backend = {
+    enable = lib.mkEnableOption "the Lemmy backend role of lemmy-cluster";
+    package = lib.mkPackageOption pkgs "lemmy-server" { };
+    listenAddress = mkOption {
+      type = types.str;
+      default = top.privateAddress;
+      defaultText = lib.literalExpression "config.services.lemmy-cluster.privateAddress";
+      description = "Address lemmy_server listens on.";
+    };
+    port = mkOption {
+      type = types.port;
+      default = 8536;
+      description = "Port lemmy_server listens on.";
+    };
+    tlsEnabled = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Lemmy's `tls_enabled`: generate https:// URLs (needed for federation).";
+    };
+    database = {
+      hosts = mkOption {
+        type = types.nonEmptyListOf types.str;
+        example = [ "10.0.0.30" ];
+        description = ''
+          PostgreSQL server addresses. One: the primary. Several: every PostgreSQL machine, and
+          the connection goes to the one that accepts writes (`target_session_attrs=read-write`).
+        '';
+      };
+      port = mkOption {
+        type = types.port;
+        default = 5432;
+        description = "PostgreSQL port.";
+      };
+      name = mkOption {
+        type = types.str;
+        default = "lemmy";
+        description = "Database name.";
+      };
+      user = mkOption {
+        type = types.str;
+        default = "lemmy";
+        description = "Database role.";
+      };
+      passwordFile = mkOption {
+        type = types.str;
+        example = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
+        description = "File holding the database role's password (read at start; never in the store).";
+      };
+      poolSize = mkOption {
+        type = types.ints.between 2 1000;
+        default = 30;
+        description = "Connections in this backend's pool (the sum over backends must fit max_connections).";
+      };
+    };
+    pictrsUrl = mkOption {
+      type = types.str;
+      example = "http://10.0.0.20:8080/";
+      description = "URL of pict-rs.";
+    };
+    pictrsApiKeyFile = mkOption {
+      type = types.str;
+      description = "File holding the pict-rs API key (the same file content as pict-rs's).";
+    };
+    setup = {
+      adminUsername = mkOption {
+        type = types.str;
+        default = "admin";
+        description = "Name of the admin account created at first start.";
+      };
+      adminEmail = mkOption {
+        type = types.str;
+        description = "Email address of the admin account.";
+      };
+      adminPasswordFile = mkOption {
+        type = types.str;
+        description = "File holding the admin account's password (10 to 60 characters), used at first start.";
+      };
+      siteName = mkOption {
+        type = types.str;
+        description = "Name of the site, set at first start (1 to 20 characters).";
+      };
+    };
+    scheduledTasks = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Run Lemmy's scheduled tasks here. Exactly one backend of a cluster must.";
+    };
+    federation = {
+      index = mkOption {
+        type = types.ints.positive;
+        default = 1;
+        description = "This process's outgoing-federation shard (1..count); each index must run exactly once.";
+      };
+      count = mkOption {
+        type = types.ints.positive;
+        default = 1;
+        description = "Number of outgoing-federation shards in the cluster.";
+      };
+    };
+    allowedClients = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "10.0.0.10" ];
+      description = "Addresses of the frontends allowed to reach the backend port (firewall).";
+    };
+  };
+
+  config = lib.mkIf (top.enable && cfg.enable) {
+    assertions = [
+      {
+        assertion = cfg.federation.index <= cfg.federation.count;
+        message = "services.lemmy-cluster.backend.federation.index (${toString cfg.federation.index}) must be between 1 and federation.count (${toString cfg.federation.count}).";
+      }
+      {
+        assertion = lib.all (f: !(lib.hasPrefix "/nix/store" f)) [
+          cfg.database.passwordFile
+          cfg.pictrsApiKeyFile
+          cfg.setup.adminPasswordFile
+        ];
+        message = "services.lemmy-cluster.backend: a secret file points into the Nix store, which is world-readable; keep secrets in root-owned files outside it.";
+      }
+      {
+        assertion = !config.services.lemmy.enable;
+        message = "services.lemmy-cluster.backend and nixpkgs' services.lemmy both run lemmy_server; disable services.lemmy on this machine.";
+      }
+    ];
+
+    systemd.services.lemmy = {
+      description = "Lemmy backend (lemmy-cluster ${top.clusterName})";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      path = [ pkgs.jq ];
+      environment = {
+        LEMMY_CONFIG_LOCATION = "/run/lemmy/config.hjson";
+        LEMMY_FEDERATE_PROCESS_INDEX = toString cfg.federation.index;
+        LEMMY_FEDERATE_PROCESS_COUNT = toString cfg.federation.count;
+        LEMMY_CLUSTER_DB_USER = cfg.database.user;
+        LEMMY_CLUSTER_DB_HOSTS = dbHosts;
+        LEMMY_CLUSTER_DB_NAME = cfg.database.name;
+        LEMMY_CLUSTER_DB_PARAMS = dbParams;
+      }
+      // lib.optionalAttrs (!cfg.scheduledTasks) { LEMMY_DISABLE_SCHEDULED_TASKS = "true"; };
+      serviceConfig = {
+        DynamicUser = true;
+        RuntimeDirectory = "lemmy";
+        RuntimeDirectoryMode = "0700";
+        LoadCredential = [
+          "db-password:${cfg.database.passwordFile}"
+          "pictrs-api-key:${cfg.pictrsApiKeyFile}"
+          "admin-password:${cfg.setup.adminPasswordFile}"
+        ];
+        ExecStartPre = "${pkgs.bash}/bin/bash ${./write-config.sh} ${templateFile} /run/lemmy/config.hjson %d";
+        ExecStart = "${lib.getBin cfg.package}/bin/lemmy_server";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        PrivateTmp = true;
+        NoNewPrivileges = true;
+        MemoryDenyWriteExecute = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+      };
+    };
+
+    services.lemmy-cluster.firewall.allow = [
+      {
+        inherit (cfg) port;
+        from = cfg.allowedClients;
+        description = "Lemmy backend";
+      }
+    ];
+  };
+}

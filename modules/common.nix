@@ -1,0 +1,129 @@
+# lemmy-cluster: what every machine of the cluster shares: its identity in the cluster, name
+# resolution for its peers, and a firewall that opens each internal port only to the peers that
+# need it. The role modules (frontend, backend, pictrs, postgres) add their rules through
+# `services.lemmy-cluster.firewall.allow`.
+{
+  config,
+  lib,
+  ...
+}:
+let
+  cfg = config.services.lemmy-cluster;
+  inherit (lib) mkOption types;
+
+  isIPv6 = lib.hasInfix ":";
+  ruleType = types.submodule {
+    options = {
+      port = mkOption {
+        type = types.port;
+        description = "TCP port to open.";
+      };
+      from = mkOption {
+        type = types.listOf types.str;
+        description = "IP addresses allowed to connect to the port (an empty list opens nothing).";
+      };
+      description = mkOption {
+        type = types.str;
+        default = "";
+        description = "What the port serves, for the rule's comment.";
+      };
+    };
+  };
+
+  # One iptables rule per (port, peer); IPv6 peers go to ip6tables. Rules are appended to
+  # nixos-fw, whose final rule refuses everything else.
+  iptablesRules = lib.concatMapStrings (
+    rule:
+    lib.concatMapStrings (
+      addr:
+      let
+        cmd = if isIPv6 addr then "ip6tables" else "iptables";
+      in
+      "${cmd} -A nixos-fw -p tcp -s ${addr} --dport ${toString rule.port} -j nixos-fw-accept"
+      + " -m comment --comment ${lib.escapeShellArg "lemmy-cluster ${rule.description}"}\n"
+    ) rule.from
+  ) cfg.firewall.allow;
+
+in
+{
+  options.services.lemmy-cluster = {
+    enable = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether this machine is part of a lemmy-cluster (enable one or more roles too).";
+    };
+    clusterName = mkOption {
+      type = types.strMatching "[a-z0-9]([a-z0-9-]*[a-z0-9])?";
+      example = "example";
+      description = "Name of the cluster (lowercase letters, digits and '-').";
+    };
+    domain = mkOption {
+      type = types.str;
+      example = "lemmy.example.org";
+      description = "Public host name of the Lemmy instance.";
+    };
+    privateAddress = mkOption {
+      type = types.str;
+      example = "10.0.0.10";
+      description = ''
+        This machine's cluster-internal IP address. Internal services (lemmy-ui, the backend,
+        pict-rs, PostgreSQL) listen on it, never on a public address.
+      '';
+    };
+    peers = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        db1 = "10.0.0.30";
+      };
+      description = "The other machines of the cluster and their private addresses (added to /etc/hosts).";
+    };
+    publicPorts = mkOption {
+      type = types.listOf types.port;
+      default = [ ];
+      example = [
+        80
+        443
+      ];
+      description = "TCP ports opened to everyone (a frontend's HTTP and HTTPS).";
+    };
+    firewall.allow = mkOption {
+      type = types.listOf ruleType;
+      default = [ ];
+      description = ''
+        Internal TCP ports and the peers allowed to reach them. The role modules fill this from
+        their `allowedClients`-style options; every other internal port stays closed.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = config.networking.firewall.enable;
+        message = ''
+          services.lemmy-cluster: networking.firewall.enable is false, so PostgreSQL, pict-rs,
+          lemmy-ui and the backend would be reachable by anyone who can reach this machine.
+          Keep the firewall on (lemmy-cluster opens each internal port only to the peers that need it).
+        '';
+      }
+      {
+        # The per-peer rules are iptables commands (networking.firewall.extraCommands), which
+        # the nftables firewall refuses; an nftables variant would use extraInputRules.
+        assertion = !config.networking.nftables.enable;
+        message = ''
+          services.lemmy-cluster: networking.nftables.enable is true, but lemmy-cluster's per-peer
+          firewall rules are written for the iptables firewall backend. Leave nftables disabled
+          on cluster machines.
+        '';
+      }
+    ];
+
+    networking.hosts = lib.mapAttrs' (name: addr: lib.nameValuePair addr [ name ]) cfg.peers;
+
+    networking.firewall = {
+      allowedTCPPorts = cfg.publicPorts;
+      extraCommands = iptablesRules;
+    };
+  };
+}
