@@ -1,0 +1,106 @@
+"""Test hosts as Linux network namespaces on one bridge.
+
+Each host is a namespace named ``lc-<name>`` with one veth interface holding its private address
+(a /24 on the bridge ``lcbr0``); the root namespace gets ``.1`` on the bridge, so tests can reach
+every host. Nothing leaves the machine. Needs root and iproute2.
+
+    with Network("10.231.0.0/24") as net:
+        fe1 = net.add("fe1", "10.231.0.11")
+        fe1.run(["ip", "addr"])            # runs inside the namespace
+        proc = fe1.popen(["nginx", ...])   # long-running process inside the namespace
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def sh(args: Sequence[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, text=True, capture_output=True, **kw)
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    ns: str
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def cmd(self, args: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def run(self, args: Sequence[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return sh(self.cmd(args), check=check, **kw)
+
+    def popen(self, args: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(self.cmd(args), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def link(self, up: bool) -> None:
+        """Cut or restore the host's network (like pulling its cable)."""
+        self.run(["ip", "link", "set", "eth0", "up" if up else "down"])
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+
+
+class Network:
+    def __init__(self, cidr: str, bridge: str = "lcbr0", prefix: str = "lc-") -> None:
+        self.net = ipaddress.ip_network(cidr)
+        self.bridge = bridge
+        self.prefix = prefix
+        self.hosts: dict[str, Host] = {}
+        self.gateway = str(next(self.net.hosts()))
+
+    def __enter__(self) -> Network:
+        self.cleanup()
+        sh(["ip", "link", "add", self.bridge, "type", "bridge"])
+        sh(["ip", "addr", "add", f"{self.gateway}/{self.net.prefixlen}", "dev", self.bridge])
+        sh(["ip", "link", "set", self.bridge, "up"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def add(self, name: str, address: str) -> Host:
+        ns = f"{self.prefix}{name}"
+        veth = f"lcv-{name}"[:15]
+        sh(["ip", "netns", "add", ns])
+        sh(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        sh(["ip", "link", "set", veth, "master", self.bridge])
+        sh(["ip", "link", "set", veth, "up"])
+        host = Host(name, address, ns)
+        host.run(["ip", "addr", "add", f"{address}/{self.net.prefixlen}", "dev", "eth0"])
+        host.run(["ip", "link", "set", "eth0", "up"])
+        host.run(["ip", "link", "set", "lo", "up"])
+        host.run(["ip", "route", "add", "default", "via", self.gateway])
+        self.hosts[name] = host
+        return host
+
+    def cleanup(self) -> None:
+        for host in self.hosts.values():
+            host.stop_all()
+        self.hosts.clear()
+        out = sh(["ip", "netns", "list"], check=False).stdout
+        for line in out.splitlines():
+            ns = line.split()[0] if line.strip() else ""
+            if ns.startswith(self.prefix):
+                # Kill whatever still runs in the namespace, then delete it.
+                pids = sh(["ip", "netns", "pids", ns], check=False).stdout.split()
+                for pid in pids:
+                    sh(["kill", "-9", pid], check=False)
+                sh(["ip", "netns", "del", ns], check=False)
+        sh(["ip", "link", "del", self.bridge], check=False)
