@@ -230,7 +230,9 @@ def _is_ip(text: str) -> bool:
 def valid_dns_name(text: str) -> bool:
     if not text or len(text) > 253 or text.endswith("."):
         return False
-    return all(_LABEL_RE.match(label) for label in text.split("."))
+    labels = text.split(".")
+    # A top-level label is never all digits (that would be a malformed IP address).
+    return all(_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
 
 
 def check(c: Cluster) -> list[Problem]:
@@ -293,7 +295,7 @@ def _check_machines(c: Cluster) -> list[Problem]:
         if not (_is_ip(m.address) or valid_dns_name(m.address)):
             p.append(Problem(dotted((*base, "address")), f"{m.address!r} is neither an IP address nor a DNS name"))
         if m.private_address is None:
-            if not _is_ip(m.address):
+            if valid_dns_name(m.address) and not _is_ip(m.address):
                 p.append(
                     Problem(
                         dotted((*base, "private_address")),

@@ -66,10 +66,12 @@ def _scalar(value: object) -> str | None:
     if value is False:
         return "false"
     if isinstance(value, int):
-        # Nix integers are 64-bit; negative literals are parsed as unary minus, which is fine.
         if not -(2**63) <= value < 2**63:
             raise ValueError(f"integer out of Nix range: {value}")
-        return str(value)
+        if value == -(2**63):
+            return f"({value + 1} - 1)"  # the literal 9223372036854775808 does not exist
+        # A negative number is unary minus applied to a literal: it needs parentheses in a list.
+        return f"({value})" if value < 0 else str(value)
     if isinstance(value, str):
         return string(value)
     if isinstance(value, Raw):

@@ -1,0 +1,245 @@
+"""Every validation rule of cluster.toml has a failing case here that asserts its message."""
+
+from __future__ import annotations
+
+import pytest
+
+from synth.errors import SynthError
+from synth.model import parse
+
+BASE = """
+[cluster]
+name = "t"
+domain = "lemmy.example.org"
+admin_email = "admin@example.org"
+
+[postgres]
+primary = "db1"
+version = 17
+
+[machines.fe1]
+address = "10.0.0.1"
+roles = ["frontend"]
+
+[machines.app1]
+address = "10.0.0.2"
+roles = ["backend", "pictrs"]
+
+[machines.db1]
+address = "10.0.0.3"
+roles = ["postgres"]
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(SynthError) as info:
+        parse(text, "c.toml")
+    return [p.render("c.toml") for p in info.value.problems]
+
+
+def one(text: str) -> str:
+    got = problems(text)
+    assert len(got) == 1, f"expected exactly one problem, got {got}"
+    return got[0]
+
+
+def test_base_is_valid() -> None:
+    c = parse(BASE)
+    assert list(c.machines) == ["fe1", "app1", "db1"]
+    assert c.private_address("fe1") == "10.0.0.1"
+    assert c.postgres.version == 17
+
+
+def test_toml_syntax_error_has_line_and_column() -> None:
+    msg = one(BASE + "\n[machines.x\n")
+    line = (BASE + "\n[machines.x\n").count("\n")
+    assert msg.startswith(f"c.toml: TOML syntax error: line {line}, column 12: "), msg
+
+
+def test_unknown_key_with_did_you_mean() -> None:
+    msg = one(BASE.replace('admin_email = "admin@example.org"', 'admin_email = "admin@example.org"\ndomian = "x"'))
+    assert msg.startswith("c.toml: cluster.domian: unknown key; did you mean 'domain'?"), msg
+
+
+def test_unknown_key_in_machine() -> None:
+    msg = one(BASE.replace('address = "10.0.0.1"', 'address = "10.0.0.1"\nrole = ["frontend"]'))
+    assert "machines.fe1.role: unknown key; did you mean 'roles'?" in msg, msg
+
+
+def test_unknown_top_level_table() -> None:
+    msg = one(BASE + '\n[postgress]\nprimary = "db1"\n')
+    assert "c.toml: postgress: unknown key; did you mean 'postgres'?" in msg, msg
+
+
+def test_unknown_role_with_did_you_mean() -> None:
+    msg = one(BASE.replace('roles = ["frontend"]', 'roles = ["frontent"]'))
+    assert "machines.fe1.roles[0]: unknown role 'frontent'; did you mean 'frontend'?" in msg, msg
+    assert "roles are: frontend, backend, pictrs, postgres" in msg
+
+
+def test_wrong_type() -> None:
+    msg = one(BASE.replace("version = 17", 'version = "17"'))
+    assert msg == "c.toml: postgres.version: must be an integer (got str)", msg
+
+
+def test_missing_table_and_key() -> None:
+    got = problems(BASE.replace('[postgres]\nprimary = "db1"\nversion = 17\n', ""))
+    assert got == ["c.toml: postgres: missing table [postgres]; add it (see the README's reference)"], got
+    msg = one(BASE.replace('domain = "lemmy.example.org"\n', ""))
+    assert msg == "c.toml: cluster.domain: required key missing; add it", msg
+
+
+@pytest.mark.parametrize("name", ["Fe1", "fe_1", "-fe", "fe-", "a" * 64])
+def test_invalid_machine_name(name: str) -> None:
+    msg = one(BASE.replace("[machines.fe1]", f'[machines."{name}"]'))
+    assert "invalid machine name; use a hostname label" in msg, msg
+
+
+def test_invalid_machine_name_reported_with_structural_errors() -> None:
+    got = problems(BASE.replace("[machines.fe1]", '[machines."FE1"]').replace("version = 17", 'version = "x"'))
+    assert any("invalid machine name" in g for g in got), got
+    assert any("postgres.version: must be an integer" in g for g in got), got
+
+
+@pytest.mark.parametrize("address", ["10.0.0.300", "not an address", "-bad.example.org"])
+def test_invalid_address(address: str) -> None:
+    msg = one(BASE.replace('address = "10.0.0.1"', f'address = "{address}"'))
+    assert f"machines.fe1.address: '{address}' is neither an IP address nor a DNS name" in msg, msg
+
+
+def test_dns_address_needs_private_address() -> None:
+    msg = one(BASE.replace('address = "10.0.0.1"', 'address = "fe1.example.org"'))
+    assert "machines.fe1.private_address: required because address is a DNS name" in msg, msg
+    ok = BASE.replace('address = "10.0.0.1"', 'address = "fe1.example.org"\nprivate_address = "10.0.0.1"')
+    assert parse(ok).private_address("fe1") == "10.0.0.1"
+
+
+def test_invalid_private_address() -> None:
+    msg = one(BASE.replace('address = "10.0.0.1"', 'address = "10.0.0.1"\nprivate_address = "fe1.lan"'))
+    assert "machines.fe1.private_address: 'fe1.lan' is not an IP address" in msg, msg
+
+
+def test_duplicate_address() -> None:
+    got = problems(BASE.replace('address = "10.0.0.2"', 'address = "10.0.0.1"'))
+    assert "c.toml: machines.app1.address: 10.0.0.1 is already the address of machine 'fe1'" in got, got
+    assert any("private address 10.0.0.1 is already used by machine 'fe1'" in g for g in got), got
+
+
+def test_duplicate_private_address() -> None:
+    text = BASE.replace('address = "10.0.0.2"', 'address = "app1.example.org"\nprivate_address = "10.0.0.1"')
+    msg = one(text)
+    assert "machines.app1.private_address: private address 10.0.0.1 is already used by machine 'fe1'" in msg, msg
+
+
+def test_duplicate_ipv6_in_other_spelling() -> None:
+    text = BASE.replace('address = "10.0.0.1"', 'address = "2001:db8::1"').replace(
+        'address = "10.0.0.2"', 'address = "2001:db8:0::1"'
+    )
+    assert any("is already the address of machine 'fe1'" in g for g in problems(text))
+
+
+def test_empty_and_duplicate_roles() -> None:
+    got = problems(BASE.replace('roles = ["frontend"]', "roles = []"))
+    assert "c.toml: machines.fe1.roles: give at least one role: frontend, backend, pictrs, postgres" in got, got
+    msg = one(BASE.replace('roles = ["postgres"]', 'roles = ["postgres", "postgres"]'))
+    assert "machines.db1.roles[1]: role 'postgres' is listed twice" in msg, msg
+
+
+def test_primary_missing() -> None:
+    msg = one(BASE.replace('primary = "db1"', 'primary = "db2"'))
+    assert "postgres.primary: no machine named 'db2'; did you mean 'db1'? it must name a machine" in msg, msg
+
+
+def test_primary_not_postgres() -> None:
+    msg = one(BASE.replace('primary = "db1"', 'primary = "app1"'))
+    assert "postgres.primary: machine 'app1' has no 'postgres' role" in msg, msg
+
+
+def test_no_frontend() -> None:
+    msg = one(BASE.replace('roles = ["frontend"]', 'roles = ["postgres"]'))
+    assert "machines: no machine has role 'frontend'" in msg, msg
+
+
+def test_not_exactly_one_backend_and_pictrs() -> None:
+    got = problems(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "backend", "pictrs"]'))
+    assert len(got) == 2, got
+    assert "exactly one machine must have role 'backend', found 2 (fe1, app1)" in got[0] + got[1]
+    assert "scale-out of the backend and pict-rs is planned" in got[0]
+    got = problems(BASE.replace('roles = ["backend", "pictrs"]', 'roles = ["frontend"]'))
+    assert any("role 'backend', found none" in g for g in got), got
+    assert any("role 'pictrs', found none" in g for g in got), got
+
+
+@pytest.mark.parametrize("domain", ["localhost", "Lemmy.Example.org", "10.0.0.1", "a..b", "lemmy.example.org."])
+def test_invalid_domain(domain: str) -> None:
+    msg = one(BASE.replace('domain = "lemmy.example.org"', f'domain = "{domain}"'))
+    assert f"cluster.domain: {domain!r} is not a valid domain name" in msg, msg
+
+
+def test_invalid_cluster_name_email_system() -> None:
+    text = BASE.replace('name = "t"', 'name = "My Cluster"').replace(
+        'admin_email = "admin@example.org"', 'admin_email = "admin"\nsystem = "x86"'
+    )
+    got = problems(text)
+    assert any(g.startswith("c.toml: cluster.name: use lowercase letters") for g in got), got
+    assert "c.toml: cluster.admin_email: 'admin' is not an email address" in got, got
+    assert any("cluster.system: 'x86' is not a Nix system" in g for g in got), got
+
+
+def test_unsupported_postgres_version() -> None:
+    msg = one(BASE.replace("version = 17", "version = 12"))
+    assert "postgres.version: PostgreSQL 12 is not supported; choose one of 14, 15, 16, 17, 18" in msg, msg
+
+
+def test_tls_manual_needs_files() -> None:
+    text = BASE.replace('admin_email = "admin@example.org"', 'admin_email = "admin@example.org"\ntls = "manual"')
+    got = problems(text)
+    assert any('cluster.tls_certificate: required when tls = "manual"' in g for g in got), got
+    assert any('cluster.tls_key: required when tls = "manual"' in g for g in got), got
+    msg = one(BASE.replace('admin_email = "admin@example.org"', 'admin_email = "admin@example.org"\ntls_key = "/k"'))
+    assert 'cluster.tls_key: only used with tls = "manual"' in msg, msg
+    msg = one(BASE.replace('admin_email = "admin@example.org"', 'admin_email = "a@b.org"\ntls = "tls"'))
+    assert "cluster.tls: invalid value 'tls'; expected one of 'acme', 'none' or 'manual'" in msg, msg
+
+
+def test_secrets_dir_must_be_outside_store() -> None:
+    msg = one(BASE + '\n[secrets]\ndir = "/nix/store/secrets"\n')
+    assert "secrets.dir: must be an absolute path on the hosts, outside /nix/store" in msg, msg
+
+
+def test_synchronous_needs_a_replica() -> None:
+    msg = one(BASE.replace("version = 17", "version = 17\nsynchronous = true"))
+    assert "postgres.synchronous: needs at least one replica" in msg, msg
+
+
+def test_pool_size_must_fit_max_connections() -> None:
+    msg = one(BASE.replace("version = 17", "version = 17\nmax_connections = 30") + "\n[backend]\npool_size = 30\n")
+    assert "backend.pool_size: the backends' pools need 30 connections plus 10 reserved" in msg, msg
+
+
+def test_site_name_and_admin_username_limits() -> None:
+    text = BASE.replace(
+        'admin_email = "admin@example.org"',
+        'admin_email = "admin@example.org"\nsite_name = "' + "x" * 21 + '"\nadmin_username = "a b"',
+    )
+    got = problems(text)
+    assert "c.toml: cluster.site_name: Lemmy allows 1 to 20 characters" in got, got
+    assert any(g.startswith("c.toml: cluster.admin_username: Lemmy user names") for g in got), got
+
+
+def test_all_problems_at_once() -> None:
+    text = (
+        BASE.replace('domain = "lemmy.example.org"', 'domain = "bad"')
+        .replace('primary = "db1"', 'primary = "nope"')
+        .replace('address = "10.0.0.2"', 'address = "10.0.0.1"')
+    )
+    got = problems(text)
+    assert len(got) >= 3, got
+    assert got == sorted(got), "problems are reported in a stable order"
+
+
+def test_examples_are_valid() -> None:
+    from tests.conftest import EXAMPLES
+
+    for path in sorted(EXAMPLES.glob("*.toml")):
+        parse(path.read_text(), str(path))

@@ -1,0 +1,101 @@
+"""Who serves what: upstreams, peers, slots, shards and firewall peers derived from the TOML."""
+
+from __future__ import annotations
+
+from synth.model import load, parse
+from synth.topology import hostport, plan, slot_name
+from tests.conftest import EXAMPLES
+
+
+def small() -> dict:  # type: ignore[type-arg]
+    return plan(load(EXAMPLES / "small.toml"))
+
+
+def test_frontends_know_backends_and_each_other() -> None:
+    p = small()
+    fe1, fe2 = p["fe1"].frontend, p["fe2"].frontend
+    assert fe1 is not None and fe2 is not None
+    assert fe1.backends == ["10.0.0.20:8536"]
+    assert fe1.ui_peers == ["10.0.0.11:1234"], "fe1 falls back to fe2's lemmy-ui, never to itself"
+    assert fe2.ui_peers == ["10.0.0.10:1234"]
+    assert fe1.acme_peers == ["10.0.0.11:80"]
+    assert fe1.ui_clients == ["10.0.0.11"]
+
+
+def test_backend_points_at_primary_and_pictrs() -> None:
+    be = small()["app1"].backend
+    assert be is not None
+    assert be.database_hosts == ["10.0.0.30"]
+    assert be.pictrs_url == "http://10.0.0.20:8080/"
+    assert be.clients == ["10.0.0.10", "10.0.0.11"]
+    assert (be.scheduled_tasks, be.federation_index, be.federation_count) == (True, 1, 1)
+
+
+def test_pictrs_only_open_to_other_backends() -> None:
+    # app1 runs backend and pict-rs: its own traffic uses loopback-trusted paths, no rule needed.
+    pr = small()["app1"].pictrs
+    assert pr is not None and pr.clients == []
+
+
+def test_postgres_roles_slots_and_peers() -> None:
+    p = small()
+    db1, db2 = p["db1"].postgres, p["db2"].postgres
+    assert db1 is not None and db2 is not None
+    assert (db1.role, db2.role) == ("primary", "replica")
+    assert db2.primary_address == "10.0.0.30"
+    assert db1.replication_slots == ["db2"] and db2.replication_slots == ["db1"]
+    assert db1.clients == ["10.0.0.20"] and db2.clients == ["10.0.0.20"], "a promoted replica must serve the backend"
+    assert db1.replication_peers == ["10.0.0.31"]
+    assert db1.synchronous_standbys == []
+
+
+def test_synchronous_standbys_in_large_example() -> None:
+    p = plan(load(EXAMPLES / "large.toml"))
+    db1 = p["db1"].postgres
+    assert db1 is not None
+    assert db1.synchronous_standbys == ["db2", "db3"]
+    assert p["edge4"].system == "aarch64-linux"
+    assert p["edge1"].system == "x86_64-linux"
+
+
+def test_secrets_per_role() -> None:
+    p = small()
+    assert p["fe1"].secrets == {}
+    assert set(p["app1"].secrets) == {"db_password", "pictrs_api_key", "admin_password"}
+    assert p["db1"].secrets == {
+        "db_password": "/var/lib/lemmy-cluster/secrets/lemmy-db-password",
+        "replication_password": "/var/lib/lemmy-cluster/secrets/replication-password",
+    }
+
+
+def test_public_ports() -> None:
+    p = small()
+    assert p["fe1"].public_ports == [80, 443]
+    assert p["db1"].public_ports == [], "nothing is public on a database machine"
+    single = plan(
+        parse(
+            (EXAMPLES / "single.toml")
+            .read_text()
+            .replace('admin_email = "admin@example.org"', 'admin_email = "a@b.org"\ntls = "none"')
+        )
+    )
+    assert single["lemmy1"].public_ports == [80]
+
+
+def test_peers_exclude_self() -> None:
+    p = small()
+    assert "fe1" not in p["fe1"].peers
+    assert p["fe1"].peers["db2"] == "10.0.0.31"
+
+
+def test_single_machine_has_no_peers_anywhere() -> None:
+    p = plan(load(EXAMPLES / "single.toml"))["lemmy1"]
+    assert p.peers == {}
+    assert p.frontend is not None and p.frontend.ui_peers == [] and p.frontend.acme_peers == []
+    assert p.postgres is not None and p.postgres.replication_slots == [] and p.postgres.role == "primary"
+
+
+def test_helpers() -> None:
+    assert hostport("10.0.0.1", 80) == "10.0.0.1:80"
+    assert hostport("2001:db8::1", 80) == "[2001:db8::1]:80"
+    assert slot_name("db-eu-1") == "db_eu_1"
