@@ -157,6 +157,7 @@ def test_never_overwrites_a_file_synth_did_not_write(workdir: Path) -> None:
     mine.write_text("{ my = 1; }\n")
     code, out, err = run("generate", str(workdir / "cluster.toml"))
     assert code == 1
+    assert out == ""
     assert "was not written by synth" in err and str(mine) in err
     assert mine.read_text() == "{ my = 1; }\n"
     assert not (workdir / "hosts" / "fe2").exists(), "nothing at all is written when one file conflicts"
