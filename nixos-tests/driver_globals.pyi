@@ -1,0 +1,45 @@
+"""For ruff only: the names a scenario's test script finds already defined when the driver runs it.
+
+The NixOS test driver defines `start_all`, `subtest`, ... and one variable per node;
+nixos-tests/lib.nix defines the parameters (read from the nodes' configuration) before the body.
+The scenario files import them from here in their lint header, which lib.nix drops.
+"""
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+# ---- the test driver
+Machine = Any
+start_all: Callable[[], None]
+subtest: Callable[[str], AbstractContextManager[None]]
+
+# ---- nodes (the `nodes` of every scenario)
+app1: Machine
+client: Machine
+db1: Machine
+db2: Machine
+fe1: Machine
+fe2: Machine
+lemmy1: Machine
+
+# ---- parameters set by lib.nix `script { params = ...; }`
+DOMAIN: str
+SITE_NAME: str
+ADMIN_USER: str
+ADMIN_PASSWORD_FILE: str
+DB_PASSWORD_FILE: str
+SECRET_FILES: list[str]
+RUNTIME_CONFIG: str
+STORE_PATHS: str
+LEMMY1: str
+APP1: str
+DB1: str
+DB2: str
+FE1: str
+FE2: str
+BACKEND_PORT: int
+UI_PORT: int
+PICTRS_PORT: int
+PG_PORT: int
+PROMOTED_SYSTEM: str

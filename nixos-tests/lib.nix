@@ -1,0 +1,81 @@
+# Shared pieces of the lemmy-cluster VM tests (one scenario per file beside this one).
+#
+# - clusterNode: a test node built like a real machine: the role modules
+#   (self.nixosModules.default) plus the host module that synth generated from a test TOML into
+#   nixos-tests/<x>/hosts/<machine>/default.nix, plus the test secrets and tools (node.nix).
+# - clientNode: a machine outside the cluster that plays the user's browser.
+# - script: the test script the driver runs: lib.py, then the scenario's parameters (read from
+#   the nodes' configuration by the caller), then the scenario's .py file without its lint header.
+{ pkgs, self }:
+let
+  inherit (pkgs) lib;
+
+  # Everything above this line in a scenario's .py file exists only for ruff (imports that
+  # declare the driver's globals, the helpers of lib.py and the Nix parameters).
+  bodyMarker = "# ---- test body (nixos-tests/lib.nix drops everything above this line) ----\n";
+
+  body =
+    file:
+    let
+      parts = lib.splitString bodyMarker (builtins.readFile file);
+    in
+    if lib.length parts == 2 then
+      lib.elemAt parts 1
+    else
+      throw "nixos-tests: ${toString file} must contain the line `${lib.removeSuffix "\n" bodyMarker}` exactly once";
+
+  # A Nix value as a Python literal (strings, integers and lists or attribute sets of them).
+  pythonLiteral =
+    v:
+    if lib.isBool v || v == null then
+      throw "nixos-tests: pass strings or integers as test parameters, not ${builtins.toJSON v}"
+    else
+      builtins.toJSON v;
+
+  # The generated host module of MACHINE, from DIR (nixos-tests/<x>). The same path value must be
+  # used wherever it is disabled again (see promotion.nix).
+  hostModule = dir: machine: dir + "/hosts/${machine}/default.nix";
+in
+{
+  inherit hostModule;
+
+  clusterNode =
+    {
+      dir,
+      machine,
+      memorySize ? 1024,
+      extraModules ? [ ],
+    }:
+    {
+      imports = [
+        self.nixosModules.default
+        (hostModule dir machine)
+        ./node.nix
+      ]
+      ++ extraModules;
+      virtualisation.memorySize = memorySize;
+    };
+
+  clientNode =
+    { pkgs, ... }:
+    {
+      environment.systemPackages = [
+        pkgs.curl
+        pkgs.jq
+        pkgs.netcat
+      ];
+    };
+
+  script =
+    {
+      file,
+      params ? { },
+    }:
+    lib.concatStringsSep "\n" [
+      (builtins.readFile ./lib.py)
+      "# ---- parameters of this test, from the nodes' configuration (nixos-tests/lib.nix) ----"
+      (lib.concatStrings (lib.mapAttrsToList (name: value: "${name} = ${pythonLiteral value}\n") params))
+      "# ---- ${baseNameOf (toString file)} ----"
+      (body file)
+    ];
+}

@@ -1,0 +1,33 @@
+# What every lemmy-cluster machine of a VM test adds to its generated host module: tools the test
+# scripts call, and a check that the test TOML's address is the one the test framework assigns.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  lc = config.services.lemmy-cluster;
+in
+{
+  imports = [ ./secrets.nix ];
+
+  environment.systemPackages = [
+    pkgs.curl
+    pkgs.jq
+    pkgs.netcat
+  ];
+
+  assertions = [
+    {
+      assertion = !lc.enable || lc.privateAddress == config.networking.primaryIPAddress;
+      message = ''
+        nixos-tests: machine ${config.networking.hostName} has privateAddress ${lc.privateAddress}
+        in its generated host module, but the test framework gives it
+        ${config.networking.primaryIPAddress}: node N of the alphabetically sorted node names
+        (the `client` node included) is 192.168.1.N. Fix the address in the test TOML and run
+        `synth generate nixos-tests/<x>.toml --out nixos-tests/<x>`.
+      '';
+    }
+  ];
+}

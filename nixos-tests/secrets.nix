@@ -1,0 +1,72 @@
+# Test-only secrets for a lemmy-cluster machine of a VM test.
+#
+# The generated host modules name secret files (under the TOML's secrets.dir) that an admin
+# creates by hand on real machines. Here a oneshot writes them at boot, before any service that
+# reads them (LoadCredential fails on a missing file). Every machine must hold the same value for
+# the same secret (the db password on the backend and on PostgreSQL, the pict-rs key on the
+# backend and pict-rs), so each value is derived from a fixed seed and the file's name.
+#
+# The seed is in the Nix store, which is world-readable: acceptable ONLY because this is a test
+# whose machines live for minutes and hold nothing. The derived values themselves never pass
+# through Nix, so the `single` test can check that no secret value is in the store.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  lc = config.services.lemmy-cluster;
+  seed = "lemmy-cluster VM test seed, not a secret";
+
+  files = lib.unique (
+    lib.optionals lc.backend.enable [
+      lc.backend.database.passwordFile
+      lc.backend.pictrsApiKeyFile
+      lc.backend.setup.adminPasswordFile
+    ]
+    ++ lib.optionals lc.pictrs.enable [ lc.pictrs.apiKeyFile ]
+    ++ lib.optionals lc.postgres.enable [
+      lc.postgres.passwordFile
+      lc.postgres.replicationPasswordFile
+    ]
+  );
+
+  # Every unit that reads one of the files.
+  consumers =
+    lib.optional lc.backend.enable "lemmy.service"
+    ++ lib.optional lc.pictrs.enable "pict-rs.service"
+    ++ lib.optionals lc.postgres.enable [
+      "lemmy-cluster-pg-passfile.service"
+      "lemmy-cluster-pg-setup.service"
+      "postgresql.service"
+    ]
+    ++ lib.optional (lc.postgres.enable && lc.postgres.role == "replica") "lemmy-cluster-pg-bootstrap.service";
+in
+{
+  config = lib.mkIf (lc.enable && files != [ ]) {
+    systemd.services.lemmy-cluster-test-secrets = {
+      description = "lemmy-cluster VM test: write the test secrets";
+      wantedBy = [ "multi-user.target" ];
+      requiredBy = consumers;
+      before = consumers;
+      path = [ pkgs.coreutils ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        UMask = "0077";
+      };
+      # 32 hex characters per secret (Lemmy wants 10 to 60 for the admin password), no newline.
+      script = ''
+        for f in ${lib.escapeShellArgs files}; do
+          mkdir -p "$(dirname "$f")"
+          if [ ! -s "$f" ]; then
+            printf '%s' "${seed}:$(basename "$f")" | sha256sum | cut -c1-32 | tr -d '\n' >"$f.tmp"
+            mv "$f.tmp" "$f"
+          fi
+          chmod 0400 "$f"
+        done
+      '';
+    };
+  };
+}
