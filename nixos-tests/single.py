@@ -51,9 +51,9 @@ with subtest("a client reaches lemmy-ui and the API on port 80"):
     page = http(client, f"http://{LEMMY1}/", host=DOMAIN)
     expect_status(page, 200, "lemmy-ui's front page")
     expect("Lemmy" in page.body, "lemmy-ui's page contains 'Lemmy'", page.body[:400])
-    api = http(client, f"http://{LEMMY1}/api/v3/site", host=DOMAIN)
-    expect_status(api, 200, "/api/v3/site from the client")
-    expect_equal(SITE_NAME, api.json()["site_view"]["site"]["name"], "site name seen by the client")
+    answer = http(client, f"http://{LEMMY1}/api/v3/site", host=DOMAIN)
+    expect_status(answer, 200, "/api/v3/site from the client")
+    expect_equal(SITE_NAME, answer.json()["site_view"]["site"]["name"], "site name seen by the client")
 
 with subtest("the internal ports are closed to the client"):
     expect_port(client, LEMMY1, 80, True, "HTTP (public)")
