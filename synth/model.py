@@ -22,6 +22,9 @@ ROLES: tuple[str, ...] = get_args(Role)
 TlsMode = Literal["acme", "none", "manual"]
 TLS_MODES: tuple[str, ...] = get_args(TlsMode)
 
+# Let's Encrypt's limit of identical certificates per week (each frontend requests its own).
+ACME_MAX_FRONTENDS = 5
+
 # PostgreSQL majors that nixpkgs 26.05 packages and Lemmy 0.19 runs on (it needs >= 13).
 POSTGRES_VERSIONS = (14, 15, 16, 17, 18)
 
@@ -369,6 +372,17 @@ def _check_roles(c: Cluster) -> list[Problem]:
             Problem(
                 "postgres.primary",
                 f"machine {pg.primary!r} has no 'postgres' role; add it to its roles or name another machine",
+            )
+        )
+    n_frontends = len(c.machines_with("frontend"))
+    if c.cluster.tls == "acme" and n_frontends > ACME_MAX_FRONTENDS:
+        p.append(
+            Problem(
+                "cluster.tls",
+                f'tls = "acme" gets one certificate per frontend, and Let\'s Encrypt issues at most '
+                f"{ACME_MAX_FRONTENDS} identical certificates per week; with {n_frontends} frontends use "
+                'tls = "manual" (one certificate on every frontend, e.g. from a DNS-01 client) or '
+                'tls = "none" behind a TLS-terminating load balancer',
             )
         )
     if not c.machines_with("frontend"):

@@ -25,30 +25,13 @@ class Raw:
     text: str
 
 
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def string(value: str) -> str:
     """A double-quoted Nix string literal whose value is exactly VALUE."""
-    out = ['"']
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "$" and value[i + 1 : i + 2] == "{":
-            out.append("\\${")
-            i += 1
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        else:
-            out.append(ch)
-        i += 1
-    out.append('"')
-    return "".join(out)
+    # Escape backslash, quote and control characters, then "${" (antiquotation) as "\${".
+    return '"' + value.translate(_ESCAPES).replace("${", "\\${") + '"'
 
 
 def attr_name(name: str) -> str:

@@ -31,6 +31,16 @@ SECRET_FILES = {
 }
 
 
+# How many other frontends' lemmy-ui a frontend falls back to when its own fails.
+UI_BACKUPS = 2
+
+
+def ui_backups(frontends: Sequence[str]) -> dict[str, list[str]]:
+    """Each frontend's backups: the next UI_BACKUPS frontends in file order, wrapping around."""
+    n = len(frontends)
+    return {f: [frontends[(i + k) % n] for k in range(1, min(UI_BACKUPS, n - 1) + 1)] for i, f in enumerate(frontends)}
+
+
 def hostport(address: str, port: int) -> str:
     """ADDRESS:PORT, with brackets for IPv6."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
@@ -113,18 +123,28 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
         base = c.secrets.dir.rstrip("/")
         return {k: f"{base}/{SECRET_FILES[k]}" for k in SECRET_FILES if k in need}
 
+    acme = c.cluster.tls == "acme"
+    backups_of = ui_backups(frontends)
+    backed_up_by: dict[str, list[str]] = {f: [] for f in frontends}
+    for f in frontends:  # file order, so each list is in file order too
+        for b in backups_of[f]:
+            backed_up_by[b].append(f)
     hosts: dict[str, HostPlan] = {}
     for name, m in c.machines.items():
         roles: list[str] = list(m.roles)
+        talks_to: set[str] = set()
         fe = be = pr = pg = None
         if "frontend" in roles:
-            others = [f for f in frontends if f != name]
+            backups = backups_of[name]
+            backed_up = backed_up_by[name]
+            acme_peers = [f for f in frontends if f != name] if acme else []
             fe = FrontendPlan(
                 backends=[hostport(addr[b], BACKEND_PORT) for b in backends],
-                ui_peers=[hostport(addr[f], UI_PORT) for f in others],
-                acme_peers=[hostport(addr[f], HTTP_PORT) for f in others],
-                ui_clients=[addr[f] for f in others],
+                ui_peers=[hostport(addr[f], UI_PORT) for f in backups],
+                acme_peers=[hostport(addr[f], HTTP_PORT) for f in acme_peers],
+                ui_clients=[addr[f] for f in backed_up],
             )
+            talks_to.update(backends, backups, backed_up, acme_peers)
         if "backend" in roles:
             index = backends.index(name) + 1
             be = BackendPlan(
@@ -136,8 +156,10 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 federation_count=len(backends),
                 pool_size=c.backend.pool_size,
             )
+            talks_to.update(frontends, pictrs, pgs)
         if "pictrs" in roles:
             pr = PictrsPlan(clients=[addr[b] for b in backends if b != name])
+            talks_to.update(backends)
         if "postgres" in roles:
             peers = [p for p in pgs if p != name]
             pg = PostgresPlan(
@@ -149,6 +171,7 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 replication_peers=[addr[p] for p in peers],
                 synchronous_standbys=([slot_name(r) for r in replicas] if c.postgres.synchronous else []),
             )
+            talks_to.update(backends, peers)
         public = [HTTP_PORT] + ([HTTPS_PORT] if c.cluster.tls != "none" else []) if fe else []
         hosts[name] = HostPlan(
             name=name,
@@ -156,7 +179,9 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             address=m.address,
             private_address=addr[name],
             roles=roles,
-            peers={p: addr[p] for p in c.machines if p != name},
+            # Only the machines this one exchanges traffic with (file order), so every host
+            # module stays small however large the cluster grows.
+            peers={p: addr[p] for p in c.machines if p in talks_to and p != name},
             secrets=secrets_for(roles),
             frontend=fe,
             backend=be,

@@ -243,3 +243,11 @@ def test_examples_are_valid() -> None:
 
     for path in sorted(EXAMPLES.glob("*.toml")):
         parse(path.read_text(), str(path))
+
+
+def test_acme_limited_to_five_frontends() -> None:
+    extra = "".join(f'\n[machines.fe{i}]\naddress = "10.0.1.{i}"\nroles = ["frontend"]\n' for i in range(2, 7))
+    msg = one(BASE + extra)
+    assert msg.startswith('c.toml: cluster.tls: tls = "acme" gets one certificate per frontend'), msg
+    assert "with 6 frontends use" in msg
+    parse(BASE.replace('admin_email = "admin@example.org"', 'admin_email = "a@b.org"\ntls = "none"') + extra)

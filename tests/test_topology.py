@@ -82,10 +82,48 @@ def test_public_ports() -> None:
     assert single["lemmy1"].public_ports == [80]
 
 
-def test_peers_exclude_self() -> None:
+def test_peers_are_the_machines_a_host_talks_to() -> None:
     p = small()
-    assert "fe1" not in p["fe1"].peers
-    assert p["fe1"].peers["db2"] == "10.0.0.31"
+    assert p["fe1"].peers == {"fe2": "10.0.0.11", "app1": "10.0.0.20"}
+    assert p["app1"].peers == {"fe1": "10.0.0.10", "fe2": "10.0.0.11", "db1": "10.0.0.30", "db2": "10.0.0.31"}
+    assert p["db2"].peers == {"app1": "10.0.0.20", "db1": "10.0.0.30"}
+
+
+def test_ui_backups_form_a_ring() -> None:
+    p = plan(load(EXAMPLES / "large.toml"))
+    backups = {n: p[n].frontend.ui_peers for n in ("edge1", "edge2", "edge3", "edge4")}  # type: ignore[union-attr]
+    assert backups == {
+        "edge1": ["10.1.0.12:1234", "10.1.0.13:1234"],
+        "edge2": ["10.1.0.13:1234", "10.1.0.14:1234"],
+        "edge3": ["10.1.0.14:1234", "10.1.0.11:1234"],
+        "edge4": ["10.1.0.11:1234", "10.1.0.12:1234"],
+    }
+    # The firewall opens edge1's lemmy-ui exactly to the frontends that use it as a backup.
+    assert p["edge1"].frontend.ui_clients == ["10.1.0.13", "10.1.0.14"]  # type: ignore[union-attr]
+    # ACME tokens may be on any frontend: every other one is asked.
+    assert p["edge1"].frontend.acme_peers == ["10.1.0.12:80", "10.1.0.13:80", "10.1.0.14:80"]  # type: ignore[union-attr]
+
+
+def test_no_acme_peers_without_acme() -> None:
+    text = (EXAMPLES / "small.toml").read_text().replace('site_name = "Example Lemmy"', 'site_name = "x"\ntls = "none"')
+    fe1 = plan(parse(text)).get("fe1")
+    assert fe1 is not None and fe1.frontend is not None
+    assert fe1.frontend.acme_peers == []
+    assert fe1.frontend.ui_peers == ["10.0.0.11:1234"]
+
+
+def test_host_modules_stay_small_in_a_big_cluster() -> None:
+    """Per-host data grows with what a host talks to, not with the cluster (1,000 machines)."""
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES.parent / "scripts"))
+    from bench import big_cluster_toml
+
+    p = plan(parse(big_cluster_toml(1000)))
+    fe = p["fe500"]
+    assert len(fe.peers) == 1 + 2 + 2, "the backend, two UI backups, two frontends it backs up"
+    assert len(p["db2"].peers) == 1 + 2
+    assert len(p["app1"].peers) == 995 + 1 + 3, "the backend does talk to every frontend"
 
 
 def test_single_machine_has_no_peers_anywhere() -> None:

@@ -15,8 +15,6 @@
       domain = "lemmy.example.org";
       privateAddress = "10.0.0.31";
       peers = {
-        fe1 = "10.0.0.10";
-        fe2 = "10.0.0.11";
         app1 = "10.0.0.20";
         db1 = "10.0.0.30";
       };

@@ -15,12 +15,7 @@
       domain = "lemmy.example.net";
       privateAddress = "10.1.0.42";
       peers = {
-        edge1 = "10.1.0.11";
-        edge2 = "10.1.0.12";
-        edge3 = "10.1.0.13";
-        edge4 = "10.1.0.14";
         api1 = "10.1.0.21";
-        media1 = "10.1.0.31";
         db1 = "10.1.0.41";
         db3 = "10.1.0.43";
       };

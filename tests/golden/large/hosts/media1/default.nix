@@ -15,14 +15,7 @@
       domain = "lemmy.example.net";
       privateAddress = "10.1.0.31";
       peers = {
-        edge1 = "10.1.0.11";
-        edge2 = "10.1.0.12";
-        edge3 = "10.1.0.13";
-        edge4 = "10.1.0.14";
         api1 = "10.1.0.21";
-        db1 = "10.1.0.41";
-        db2 = "10.1.0.42";
-        db3 = "10.1.0.43";
       };
       pictrs = {
         enable = true;
