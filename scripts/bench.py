@@ -45,7 +45,8 @@ def big_cluster_toml(n: int) -> str:
     ]
 
     def machine(name: str, i: int, roles: str) -> None:
-        lines.extend([f"[machines.{name}]", f'address = "10.{i // 62500}.{(i // 250) % 250}.{i % 250 + 1}"', f"roles = {roles}", ""])
+        address = f"10.{i // 62500}.{(i // 250) % 250}.{i % 250 + 1}"
+        lines.extend([f"[machines.{name}]", f'address = "{address}"', f"roles = {roles}", ""])
 
     machine("app1", 0, '["backend"]')
     machine("media1", 1, '["pictrs"]')
@@ -54,6 +55,12 @@ def big_cluster_toml(n: int) -> str:
     for k in range(n - 5):
         machine(f"fe{k + 1}", 5 + k, '["frontend"]')
     return "\n".join(lines)
+
+
+def timing(best: float, median: float, unit: str = "s") -> str:
+    if unit == "ms":
+        return f"{best * 1000:.0f} ms best, {median * 1000:.0f} ms median"
+    return timing(best, median)
 
 
 def best_of(runs: int, fn: Callable[[], object]) -> tuple[float, float]:
@@ -77,7 +84,7 @@ def bench_synth(results: dict[str, Any]) -> list[Row]:
 
     best, median = best_of(10, lambda: subprocess.run([*exe, "--help"], capture_output=True, check=True))
     results["synth_help_s"] = {"best": best, "median": median}
-    rows.append(("synth --help (process start to exit)", f"{best * 1000:.0f} ms best, {median * 1000:.0f} ms median", "< 300 ms"))
+    rows.append(("synth --help (process start to exit)", timing(best, median, "ms"), "< 300 ms"))
 
     text = big_cluster_toml(1000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +97,7 @@ def bench_synth(results: dict[str, Any]) -> list[Row]:
 
         best, median = best_of(5, in_process)
         results["generate_1000_in_process_s"] = {"best": best, "median": median}
-        rows.append(("validate + generate 1,000 machines (in process)", f"{best:.3f} s best, {median:.3f} s median", "< 1 s"))
+        rows.append(("validate + generate 1,000 machines (in process)", timing(best, median), "< 1 s"))
 
         toml = out / "cluster.toml"
         toml.write_text(text)
@@ -103,14 +110,14 @@ def bench_synth(results: dict[str, Any]) -> list[Row]:
 
         best, median = best_of(5, cli_fresh)
         results["generate_1000_cli_s"] = {"best": best, "median": median}
-        rows.append(("synth generate 1,000 machines (CLI, new hosts/)", f"{best:.3f} s best, {median:.3f} s median", "< 1 s"))
+        rows.append(("synth generate 1,000 machines (CLI, new hosts/)", timing(best, median), "< 1 s"))
 
         def cli_again() -> None:
             subprocess.run([*exe, "generate", str(toml), "--out", str(out / "run0")], capture_output=True, check=True)
 
         best, median = best_of(5, cli_again)
         results["regenerate_1000_cli_s"] = {"best": best, "median": median}
-        rows.append(("synth generate 1,000 machines (CLI, nothing changed)", f"{best:.3f} s best, {median:.3f} s median", "< 1 s"))
+        rows.append(("synth generate 1,000 machines (CLI, nothing changed)", timing(best, median), "< 1 s"))
     return rows
 
 
@@ -151,7 +158,8 @@ def main() -> int:
 
     width = max(len(r[0]) for _, r in table)
     vwidth = max(len(r[1]) for _, r in table)
-    print(f"lemmy-cluster figures, {results['date']}, {results['machine']['platform']}, {results['machine']['cpus']} CPUs")
+    machine = results["machine"]
+    print(f"lemmy-cluster figures, {results['date']}, {machine['platform']}, {machine['cpus']} CPUs")
     print()
     print(f"{'figure'.ljust(width)}  {'measured'.ljust(vwidth)}  target")
     print(f"{'-' * width}  {'-' * vwidth}  ------")
