@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import socketserver
+import ssl
 import subprocess
 import sys
 import time
@@ -109,12 +110,21 @@ def render_nginx_conf(
     internal_api_port: int = INTERNAL_API_PORT,
     max_fails: int = MAX_FAILS,
     fail_timeout: str = FAIL_TIMEOUT,
+    tls: str = "none",
+    certificate: Path | None = None,
+    key: Path | None = None,
 ) -> str:
-    """nginx.conf for one frontend with tls = "none", as modules/frontend/default.nix configures it.
+    """nginx.conf for one frontend, as modules/frontend/default.nix configures it.
 
     PLAN is the host's synth FrontendPlan; UI_LISTEN_ADDRESS is where its own lemmy-ui listens
-    (the module's uiListenAddress, the machine's private address).
+    (the module's uiListenAddress, the machine's private address). TLS is the cluster's tls mode:
+    with "none" port 80 serves the site; otherwise port 80 answers ACME challenges and redirects
+    the rest, and port 443 serves the site with CERTIFICATE and KEY (for "acme" the module uses
+    the ACME certificate; a test passes a self-signed one). recommendedTlsSettings is left out.
     """
+    https = tls != "none"
+    if https and (certificate is None or key is None):
+        raise ValueError(f'tls = "{tls}" needs a certificate and a key file')
     local_ui = hostport(ui_listen_address, ui_port)
     params = _server_params(max_fails=max_fails, fail_timeout=fail_timeout)
     backup = _server_params(backup=True, max_fails=max_fails, fail_timeout=fail_timeout)
@@ -128,9 +138,24 @@ def render_nginx_conf(
     acme_fallback = "acme-peers.conf" if plan.acme_peers else "acme-no-peers.conf"
     t = paths.temp
     m = FRONTEND_MODULE
+    routing = f"include {m / 'routing.conf'};"
+    port80_what = "a redirect to HTTPS" if https else 'the site (tls = "none")'
+    port80_rest = "location / { return 301 https://$host$request_uri; }" if https else routing
+    https_server = ""
+    if https:
+        https_server = f"""
+    # The HTTPS site (onlySSL, default).
+    server {{
+        listen 0.0.0.0:443 ssl http2 default_server;
+        server_name {domain};
+        ssl_certificate {certificate};
+        ssl_certificate_key {key};
+        {routing}
+    }}
+"""
     return f"""\
 # Rendered by tests/live/frontend.py from a synth FrontendPlan; mirrors modules/frontend/default.nix
-# (tls = "none"). The routing rules are the module's own files, included by absolute path.
+# (tls = "{tls}"). The routing rules are the module's own files, included by absolute path.
 daemon off;
 # The test runs as root and keeps its files in a private scratch folder: workers stay root here
 # (the NixOS service runs them as the nginx user).
@@ -173,7 +198,7 @@ http {{
 {ui_servers}        keepalive 8;
     }}
 {acme_upstream}
-    # "lemmy-cluster-http": port 80, ACME challenges, then the site (tls = "none").
+    # "lemmy-cluster-http": port 80, ACME challenges, then {port80_what}.
     server {{
         listen 0.0.0.0:80 default_server;
         server_name {domain};
@@ -181,9 +206,9 @@ http {{
         set $lemmy_cluster_acme_root {paths.acme_root};
         include {m / "acme-challenge.conf"};
         include {m / acme_fallback};
-        include {m / "routing.conf"};
+        {port80_rest}
     }}
-
+{https_server}
     # "lemmy-cluster-internal-api": lemmy-ui's server-side rendering reaches the backends here.
     server {{
         listen 127.0.0.1:{internal_api_port};
@@ -205,6 +230,21 @@ def write_nginx_conf(plan: FrontendPlan, domain: str, ui_listen_address: str, ro
     paths = FrontendPaths(root).create()
     paths.conf.write_text(render_nginx_conf(plan, domain, ui_listen_address, paths, **kw))
     return paths
+
+
+def self_signed_certificate(folder: Path, domain: str) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate and key for DOMAIN (what a test serves HTTPS with)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if not cert.exists():
+        args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={domain}"]
+        args += ["-addext", f"subjectAltName=DNS:{domain}", "-keyout", str(key), "-out", str(cert)]
+        subprocess.run(
+            args,
+            check=True,
+            capture_output=True,
+        )
+    return cert, key
 
 
 def nginx_test(host: Host | None, paths: FrontendPaths) -> subprocess.CompletedProcess[str]:
@@ -394,11 +434,22 @@ def request(
     host: str,
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
-    port: int = 80,
+    port: int | None = None,
+    https: bool = False,
     timeout: float = 10,
 ) -> Answer:
-    """One HTTP/1.1 request straight to ADDRESS (no proxy from the environment), Host: HOST."""
-    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    """One HTTP/1.1 request straight to ADDRESS (no proxy from the environment), Host: HOST.
+
+    With HTTPS the certificate is not verified (the tests' certificates are self-signed).
+    """
+    conn: http.client.HTTPConnection
+    if https:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(address, port or 443, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(address, port or 80, timeout=timeout)
     try:
         all_headers = {"Host": host, **(headers or {})}
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)

@@ -15,6 +15,7 @@ where fe1's lemmy-ui would (10.231.0.11:1234), "app1-backend" where lemmy_server
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 import tomllib
@@ -38,6 +39,7 @@ from tests.live.frontend import (
     RoutingFixture,
     nginx_test,
     request,
+    self_signed_certificate,
     write_nginx_conf,
 )
 from tests.live.netns import Host, Network
@@ -59,18 +61,25 @@ MB = 1024 * 1024
 
 @dataclass
 class Frontends:
-    """The running test cluster: hosts, their plans, nginx instances and routing fixtures."""
+    """The running test clusters: hosts, their plans, nginx instances and routing fixtures.
+
+    Three clusters share the bridge and the backend machine, all compiled by synth from
+    cluster.toml: the file itself (fe1, fe2; tls = "none"), its "acme" variant (frontends ac1, ac2
+    with tls = "acme": port 80 answers challenges and redirects, 443 serves the site with a
+    self-signed certificate) and its "solo" variant (one frontend, no ACME peers).
+    """
 
     domain: str
     net: Network
     plans: dict[str, HostPlan]
+    tls: dict[str, str]
+    variant_of: dict[str, list[str]]
     hosts: dict[str, Host]
     paths: dict[str, FrontendPaths]
     nginx: dict[str, Nginx]
     ui: dict[str, RoutingFixture]
     backend: RoutingFixture
     frontends: list[str]
-    solo: str
     tmp: Path
     ssh: dict[str, Any] = field(default_factory=dict)
 
@@ -80,56 +89,93 @@ class Frontends:
     def send(self, fe: str, method: str, path: str, *, host: str | None = None, **kw: Any) -> Answer:
         return request(self.hosts[fe].address, method, path, host=host or self.domain, **kw)
 
+    def peers(self, fe: str) -> list[str]:
+        """The other frontends of FE's cluster."""
+        return [f for f in self.variant_of[fe] if f != fe]
 
-def _solo_cluster(data: dict[str, Any]) -> dict[str, Any]:
-    """The test cluster with one frontend, "solo" (acme-no-peers.conf), instead of fe1 and fe2."""
-    machines = {k: v for k, v in data["machines"].items() if "frontend" not in v["roles"]}
-    return {**data, "machines": {"solo": {"address": "10.231.0.13", "roles": ["frontend"]}, **machines}}
+
+# Variants of cluster.toml: (frontend names and addresses that replace fe1/fe2, tls mode)
+VARIANTS: dict[str, tuple[dict[str, str], str]] = {
+    "acme": ({"ac1": "10.231.0.14", "ac2": "10.231.0.15"}, "acme"),
+    "solo": ({"solo": "10.231.0.13"}, "none"),
+}
+
+
+def _variant(data: dict[str, Any], frontends: dict[str, str], tls: str) -> dict[str, Any]:
+    """cluster.toml's data with FRONTENDS (name: address) instead of its own, and tls = TLS."""
+    others = {k: v for k, v in data["machines"].items() if "frontend" not in v["roles"]}
+    machines = {name: {"address": addr, "roles": ["frontend"]} for name, addr in frontends.items()}
+    return {**data, "cluster": {**data["cluster"], "tls": tls}, "machines": {**machines, **others}}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontends]:
     require_root()
-    for tool in ("ip", "nginx", "sshd", "curl", "ss"):
+    for tool in ("ip", "nginx", "sshd", "curl", "ss", "openssl"):
         require_tool(tool)
     c = load(CLUSTER_TOML)
-    plans = plan(c)
-    solo_plans = plan(from_data(_solo_cluster(tomllib.loads(CLUSTER_TOML.read_text())), "solo cluster"))
+    data = tomllib.loads(CLUSTER_TOML.read_text())
     frontends = c.machines_with("frontend")
     assert frontends == ["fe1", "fe2"], f"expected cluster.toml frontends fe1, fe2, got {frontends}"
     (backend_name,) = c.machines_with("backend")
-    all_plans = {**plans, "solo": solo_plans["solo"]}
+    plans = plan(c)
+    tls = dict.fromkeys(frontends, c.cluster.tls)
+    variant_of = dict.fromkeys(frontends, frontends)
+    for name, (fes, mode) in VARIANTS.items():
+        variant = from_data(_variant(data, fes, mode), f"{CLUSTER_TOML} ({name} variant)")
+        vplans = plan(variant)
+        assert vplans[backend_name].private_address == plans[backend_name].private_address
+        plans.update({fe: vplans[fe] for fe in fes})
+        tls.update(dict.fromkeys(fes, mode))
+        variant_of.update({fe: list(fes) for fe in fes})
+    all_frontends = list(tls)
     tmp = tmp_path_factory.mktemp("frontend")
+    cert, key = self_signed_certificate(tmp / "tls", c.cluster.domain)
+    names = [*all_frontends, backend_name]
+    _drop_stale_veths(names)
     with Network("10.231.0.0/24", bridge="lcbr-fe", prefix="lcf-") as net:
-        hosts = {n: net.add(n, all_plans[n].private_address) for n in [*frontends, "solo", backend_name]}
+        hosts = {n: net.add(n, plans[n].private_address) for n in names}
         backend = RoutingFixture.start(
             hosts[backend_name], f"{backend_name}-backend", hosts[backend_name].address, BACKEND_PORT
         )
         ui: dict[str, RoutingFixture] = {}
         paths: dict[str, FrontendPaths] = {}
         nginx: dict[str, Nginx] = {}
-        for fe in [*frontends, "solo"]:
-            hp = all_plans[fe]
+        for fe in all_frontends:
+            hp = plans[fe]
             assert hp.frontend is not None
-            paths[fe] = write_nginx_conf(hp.frontend, c.cluster.domain, hp.private_address, tmp / fe)
-            if fe != "solo":
-                ui[fe] = RoutingFixture.start(hosts[fe], f"{fe}-ui", hp.private_address, UI_PORT)
+            paths[fe] = write_nginx_conf(
+                hp.frontend, c.cluster.domain, hp.private_address, tmp / fe, tls=tls[fe], certificate=cert, key=key
+            )
+            ui[fe] = RoutingFixture.start(hosts[fe], f"{fe}-ui", hp.private_address, UI_PORT)
             nginx[fe] = Nginx(hosts[fe], paths[fe]).start()
         yield Frontends(
             domain=c.cluster.domain,
             net=net,
-            plans=all_plans,
+            plans=plans,
+            tls=tls,
+            variant_of=variant_of,
             hosts=hosts,
             paths=paths,
             nginx=nginx,
             ui=ui,
             backend=backend,
             frontends=frontends,
-            solo="solo",
             tmp=tmp,
         )
         for n in nginx.values():
             n.stop()
+    _drop_stale_veths(names)
+
+
+def _drop_stale_veths(names: list[str]) -> None:
+    """Delete the root-side veths netns.py names lcv-<host> that outlive their namespace.
+
+    A deleted namespace lingers (with its veth) while the kernel still holds orphaned TCP sockets
+    of it, e.g. FINs to peers that are already gone; the next run could not create lcv-<host>.
+    """
+    for name in names:
+        subprocess.run(["ip", "link", "del", f"lcv-{name}"[:15]], check=False, capture_output=True)
 
 
 def wait_served_by(cluster: Frontends, fe: str, expected: str, timeout: float) -> float:
@@ -159,13 +205,19 @@ def healthy(cluster: Frontends) -> Frontends:
 # --------------------------------------------------------------------------- nginx -t
 
 
-@pytest.mark.parametrize("fe", ["fe1", "fe2", "solo"])
+@pytest.mark.parametrize("fe", ["fe1", "fe2", "ac1", "ac2", "solo"])
 def test_nginx_accepts_rendered_config(cluster: Frontends, fe: str) -> None:
     result = nginx_test(cluster.hosts[fe], cluster.paths[fe])
-    assert result.returncode == 0, f"nginx -t on {cluster.paths[fe].conf}: expected exit 0, got {result.returncode}"
+    assert result.returncode == 0, (
+        f"nginx -t on {cluster.paths[fe].conf}: expected exit 0, got {result.returncode}: {result.stderr.strip()}"
+    )
     conf = cluster.paths[fe].conf.read_text()
-    want = "acme-no-peers.conf" if fe == "solo" else "acme-peers.conf"
-    assert want in conf, f"{fe}'s nginx.conf: expected it to include {want}"
+    fp = cluster.plans[fe].frontend
+    assert fp is not None
+    want = "acme-peers.conf" if fp.acme_peers else "acme-no-peers.conf"
+    assert f"/{want};" in conf, f"{fe}'s nginx.conf (acme_peers={fp.acme_peers}): expected it to include {want}"
+    if cluster.tls[fe] == "acme":
+        assert fp.acme_peers, f"{fe} (tls = acme, {len(cluster.variant_of[fe])} frontends): expected ACME peers"
 
 
 # --------------------------------------------------------------------------- routing matrix
@@ -282,48 +334,69 @@ def _settle_log_hits(nginx: Nginx, path: str, at_least: int) -> list[str]:
 
 
 def test_acme_token_from_peer(cluster: Frontends) -> None:
-    token = "tok-only-on-fe2"
-    cluster.paths["fe2"].put_acme_token(token, "fe2-key-authorization")
+    # tls = "acme": each frontend asks the others for a token it lacks.
+    token = "tok-only-on-ac2"
+    cluster.paths["ac2"].put_acme_token(token, "ac2-key-authorization")
     path = f"/.well-known/acme-challenge/{token}"
-    for fe in ("fe1", "fe2"):
+    for fe in ("ac1", "ac2"):
         answer = cluster.get(fe, path)
-        assert (answer.status, answer.body) == (200, b"fe2-key-authorization"), (
-            f"GET {path} via {fe}: expected 200 with fe2's token, got {answer.status} {answer.body[:80]!r}"
+        assert (answer.status, answer.body) == (200, b"ac2-key-authorization"), (
+            f"GET {path} via {fe}: expected 200 with ac2's token, got {answer.status} {answer.body[:80]!r}"
         )
-    hop_lines = [line for line in _settle_log_hits(cluster.nginx["fe2"], path, 2) if "hop=1" in line]
-    assert len(hop_lines) == 1, f"fe2's access log: expected 1 peer request (hop=1) for {path}, got {hop_lines}"
+    hop_lines = [line for line in _settle_log_hits(cluster.nginx["ac2"], path, 2) if "hop=1" in line]
+    assert len(hop_lines) == 1, f"ac2's access log: expected 1 peer request (hop=1) for {path}, got {hop_lines}"
 
 
-def test_acme_unknown_token_is_404_without_loop(cluster: Frontends) -> None:
-    path = "/.well-known/acme-challenge/tok-nobody-has"
+@pytest.mark.parametrize("fe", ["ac1", "fe1", "solo"])
+def test_acme_unknown_token_is_404_without_loop(cluster: Frontends, fe: str) -> None:
+    path = f"/.well-known/acme-challenge/tok-nobody-has-{fe}"
     start = time.monotonic()
-    answer = cluster.get("fe1", path)
+    answer = cluster.get(fe, path)
     took = time.monotonic() - start
-    assert answer.status == 404, f"GET {path} via fe1: expected 404, got {answer.status} from {answer.server}"
-    assert took < 2, f"unknown token via fe1: expected a quick 404, took {took:.2f}s"
-    fe1_lines = _settle_log_hits(cluster.nginx["fe1"], path, 1)
-    fe2_lines = _settle_log_hits(cluster.nginx["fe2"], path, 1)
-    assert len(fe1_lines) == 1 and "hop=-" in fe1_lines[0], (
-        f"fe1's access log for {path}: expected exactly the client's request, got {fe1_lines}"
+    assert answer.status == 404, f"GET {path} via {fe}: expected 404, got {answer.status} from {answer.server}"
+    assert took < 2, f"unknown token via {fe}: expected a quick 404, took {took:.2f}s"
+    own = _settle_log_hits(cluster.nginx[fe], path, 1)
+    assert len(own) == 1 and "hop=-" in own[0], (
+        f"{fe}'s access log for {path}: expected exactly the client's request, got {own}"
     )
-    assert len(fe2_lines) == 1 and "hop=1" in fe2_lines[0], (
-        f"fe2's access log for {path}: expected exactly one peer hop from fe1, got {fe2_lines}"
-    )
-    assert " 404 " in fe2_lines[0], f"fe2's answer to the hop: expected 404, got {fe2_lines[0]}"
+    asks_peers = bool(cluster.plans[fe].frontend and cluster.plans[fe].frontend.acme_peers)
+    for peer in cluster.peers(fe):
+        lines = _settle_log_hits(cluster.nginx[peer], path, 1 if asks_peers else 0)
+        expected = 1 if asks_peers else 0
+        assert len(lines) == expected and all("hop=1" in x and " 404 " in x for x in lines), (
+            f"{peer}'s access log for {path}: expected {expected} peer hop(s) answered 404, got {lines}"
+        )
 
 
 def test_acme_single_frontend(cluster: Frontends) -> None:
-    solo = cluster.solo
-    unknown = "/.well-known/acme-challenge/tok-nobody-has"
-    answer = cluster.get(solo, unknown)
-    assert answer.status == 404, f"GET {unknown} via the only frontend: expected 404, got {answer.status}"
-    cluster.paths[solo].put_acme_token("tok-solo", "solo-key-authorization")
-    own = cluster.get(solo, "/.well-known/acme-challenge/tok-solo")
+    plan_ = cluster.plans["solo"].frontend
+    assert plan_ is not None and plan_.acme_peers == [], f"solo: expected no ACME peers, got {plan_}"
+    cluster.paths["solo"].put_acme_token("tok-solo", "solo-key-authorization")
+    own = cluster.get("solo", "/.well-known/acme-challenge/tok-solo")
     assert (own.status, own.body) == (200, b"solo-key-authorization"), (
         f"own token via the only frontend: expected 200 with its content, got {own.status} {own.body[:80]!r}"
     )
-    lines = _settle_log_hits(cluster.nginx[solo], unknown, 1)
-    assert len(lines) == 1, f"solo's access log for {unknown}: expected 1 request, got {lines}"
+
+
+# --------------------------------------------------------------------------- tls = "acme": redirect and HTTPS
+
+
+def test_https_variant_redirects_port_80(cluster: Frontends) -> None:
+    answer = cluster.get("ac1", "/c/foo?page=2")
+    expected = (301, f"https://{cluster.domain}/c/foo?page=2")
+    got = (answer.status, answer.headers.get("location"))
+    assert got == expected, f"GET /c/foo?page=2 on port 80 with tls = acme: expected {expected}, got {got}"
+
+
+@pytest.mark.parametrize(("path", "accept", "target"), [("/", None, UI), ("/api/v3/site", None, BACKEND)])
+def test_https_variant_routes(cluster: Frontends, path: str, accept: str | None, target: str) -> None:
+    answer = cluster.get("ac1", path, https=True)
+    expected = cluster.backend.name if target == BACKEND else "ac1-ui"
+    assert (answer.status, answer.server) == (200, expected), (
+        f"HTTPS GET {path} via ac1: expected 200 from {expected}, got {answer.status} from {answer.server}"
+    )
+    proto = answer.json["headers"].get("x-forwarded-proto")
+    assert proto == "https", f"X-Forwarded-Proto over HTTPS: expected 'https', got {proto!r}"
 
 
 # --------------------------------------------------------------------------- failover
