@@ -167,7 +167,9 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 primary_address=addr[primary],
                 slot=slot_name(name),
                 replication_slots=[slot_name(p) for p in peers],
-                clients=[addr[b] for b in backends if b != name],
+                # A backend on this very machine still connects over TCP to the private address, so
+                # pg_hba must name it too (its firewall rule is harmless: local traffic uses lo).
+                clients=[addr[b] for b in backends],
                 replication_peers=[addr[p] for p in peers],
                 synchronous_standbys=([slot_name(r) for r in replicas] if c.postgres.synchronous else []),
             )

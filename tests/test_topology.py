@@ -131,6 +131,8 @@ def test_single_machine_has_no_peers_anywhere() -> None:
     assert p.peers == {}
     assert p.frontend is not None and p.frontend.ui_peers == [] and p.frontend.acme_peers == []
     assert p.postgres is not None and p.postgres.replication_slots == [] and p.postgres.role == "primary"
+    # The backend on the same machine connects over TCP to the private address: pg_hba needs it.
+    assert p.postgres.clients == ["203.0.113.10"]
 
 
 def test_helpers() -> None:

@@ -322,7 +322,9 @@ in
           Group = "postgres";
           StateDirectory = "postgresql";
           LoadCredential = [ "replication-password:${cfg.replicationPasswordFile}" ];
-          ExecStart = "${pkgs.bash}/bin/bash ${scripts}/bootstrap-replica.sh ${bootstrapArgs} --password-file %d/replication-password";
+          # --wait-for-primary: a replica may boot before its primary is up or has set the
+          # replication password; postgresql.service waits for the clone instead of failing.
+          ExecStart = "${pkgs.bash}/bin/bash ${scripts}/bootstrap-replica.sh ${bootstrapArgs} --password-file %d/replication-password --wait-for-primary";
           # A slow first clone of a big database must not be killed.
           TimeoutStartSec = "infinity";
         };

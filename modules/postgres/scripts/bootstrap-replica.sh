@@ -7,12 +7,14 @@
 #   bootstrap-replica.sh --pgdata DIR --primary-host HOST [--primary-port 5432]
 #                        [--user replicator] (--password-file FILE | --passfile PGPASS)
 #                        [--slot NAME]
-#                        [--application-name NAME] [--bin-dir DIR]
+#                        [--application-name NAME] [--bin-dir DIR] [--wait-for-primary]
 #
 # - A data directory that already is a standby (standby.signal): nothing to do, exit 0.
 # - A data directory without standby.signal holds a primary's history: refuse (exit 1). Starting
 #   it as a replica would fork the cluster; rejoin-as-replica.sh clones afresh and keeps it aside.
-# - Otherwise: check that the primary answers and accepts the credentials (clear message if not),
+# - Otherwise: check that the primary answers and accepts the credentials (clear message if not;
+#   with --wait-for-primary, say so and try again every 10 s: a replica may boot before its
+#   primary, or before the primary has set the replication password),
 #   make sure the replication slot exists, clone with pg_basebackup into a temporary directory
 #   beside DIR and rename it into place only when complete. A failure leaves no data directory
 #   behind that PostgreSQL (or NixOS's initdb step) would start on.
@@ -20,9 +22,10 @@
 # from an existing libpq password file PGPASS; it is never on a command line.
 set -euo pipefail
 
-pgdata="" host="" port=5432 user=replicator password_file="" pgpass="" slot="" appname="" bindir=""
+pgdata="" host="" port=5432 user=replicator password_file="" pgpass="" slot="" appname="" bindir="" wait=0
 while [ $# -gt 0 ]; do
     case $1 in
+        --wait-for-primary) wait=1; shift; continue ;;
         --pgdata) pgdata=$2 ;;
         --primary-host) host=$2 ;;
         --primary-port) port=$2 ;;
@@ -78,9 +81,13 @@ fi
 export PGPASSFILE="$pgpass" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
 conn="host=$host port=$port user=$user"
 
-if ! out=$("$(tool psql)" -w -XAt -d "$conn dbname=replication replication=true" -c "IDENTIFY_SYSTEM" 2>&1); then
-    die "cannot reach the primary $host:$port as '$user': ${out//$'\n'/ }"
-fi
+while ! out=$("$(tool psql)" -w -XAt -d "$conn dbname=replication replication=true" -c "IDENTIFY_SYSTEM" 2>&1); do
+    if [ "$wait" -eq 0 ]; then
+        die "cannot reach the primary $host:$port as '$user': ${out//$'\n'/ }"
+    fi
+    echo "bootstrap-replica: primary $host:$port not ready (${out//$'\n'/ }); trying again in 10 s" >&2
+    sleep 10
+done
 
 if [ -n "$slot" ]; then
     if ! out=$("$(tool pg_receivewal)" -w -d "$conn" --slot="$slot" --create-slot --if-not-exists 2>&1); then

@@ -12,6 +12,7 @@ pgdata="" bindir=""
 args=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
+        --wait-for-primary) shift; continue ;;
         --pgdata) pgdata=${2%/} ;;
         --bin-dir) bindir=$2 ;;
     esac

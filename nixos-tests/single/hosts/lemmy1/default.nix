@@ -68,7 +68,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
-        allowedClients = [ ];
+        allowedClients = [ "192.168.1.2" ];
         replicationPeers = [ ];
       };
     };

@@ -72,7 +72,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
-        allowedClients = [ ];
+        allowedClients = [ "203.0.113.10" ];
         replicationPeers = [ ];
       };
     };
