@@ -1,0 +1,74 @@
+"""The order in which machines are (re)deployed: safe for the data, never all frontends at once.
+
+1. the PostgreSQL primary (a replica clones it; backends run migrations against it),
+2. the PostgreSQL replicas,
+3. pict-rs,
+4. the backend (its start runs Lemmy's migrations against the primary),
+5. the frontends, in batches of at most half of them, so that at least one always serves.
+
+A machine with several roles is deployed in the stage of its earliest role. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from synth.model import Cluster
+
+STAGES = ("postgres-primary", "postgres-replicas", "pictrs", "backend", "frontends")
+
+
+@dataclass(frozen=True)
+class Batch:
+    stage: str
+    machines: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"stage": self.stage, "machines": list(self.machines)}
+
+
+def stage_of(c: Cluster, name: str) -> str:
+    roles = c.machines[name].roles
+    if "postgres" in roles:
+        return "postgres-primary" if name == c.postgres.primary else "postgres-replicas"
+    if "pictrs" in roles:
+        return "pictrs"
+    if "backend" in roles:
+        return "backend"
+    return "frontends"
+
+
+def frontend_batch_size(total_frontends: int) -> int:
+    """At most half of the frontends at once (one at a time for two or three)."""
+    return max(1, total_frontends // 2)
+
+
+def batches(c: Cluster, only: Iterable[str] | None = None) -> list[Batch]:
+    """The deployment batches for the machines ONLY (default: all), in order.
+
+    Frontend batches are sized against all frontends of the cluster, so deploying a subset never
+    takes down more than half of the serving frontends.
+    """
+    wanted = set(c.machines) if only is None else set(only)
+    unknown = wanted - set(c.machines)
+    if unknown:
+        raise KeyError(", ".join(sorted(unknown)))
+    by_stage: dict[str, list[str]] = {s: [] for s in STAGES}
+    for name in c.machines:  # file order
+        if name in wanted:
+            by_stage[stage_of(c, name)].append(name)
+    out: list[Batch] = []
+    for stage in STAGES:
+        names = by_stage[stage]
+        if not names:
+            continue
+        if stage == "frontends":
+            size = frontend_batch_size(len(c.machines_with("frontend")))
+            out += [Batch(stage, tuple(names[i : i + size])) for i in range(0, len(names), size)]
+        elif stage == "postgres-replicas":
+            # One replica at a time: the others keep the standby count up while one restarts.
+            out += [Batch(stage, (n,)) for n in names]
+        else:
+            out.append(Batch(stage, tuple(names)))
+    return out
