@@ -4,7 +4,9 @@ The cluster comes from tests/live/cluster.toml, compiled by synth (model + topol
 frontend (fe1, fe2) and the backend machine (app1) is a network namespace on a private bridge, and
 the root namespace (the bridge's .1 address) is the client. Each frontend's nginx.conf is rendered
 from its FrontendPlan the way modules/frontend/default.nix configures nginx, and includes the
-module's rule files by absolute path.
+module's rule files by absolute path. Two variants of the same file, also compiled by synth, run
+beside it: "acme" (frontends ac1, ac2 with tls = "acme": ACME peers, redirect, HTTPS) and "solo"
+(a single frontend, acme-no-peers.conf).
 
 Behind nginx run ROUTING FIXTURES, NOT LEMMY: tiny HTTP servers (tests/live/frontend.py) that answer
 every request with their own name, so a test sees which upstream nginx chose. "fe1-ui" listens
@@ -54,7 +56,6 @@ pytestmark = [
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_TOML = HERE / "cluster.toml"
-CLIENT = "10.231.0.1"  # the root namespace on the bridge
 FAIL_TIMEOUT_S = 10  # modules/frontend/default.nix failTimeout default
 MB = 1024 * 1024
 
@@ -119,8 +120,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontends]:
     assert frontends == ["fe1", "fe2"], f"expected cluster.toml frontends fe1, fe2, got {frontends}"
     (backend_name,) = c.machines_with("backend")
     plans = plan(c)
-    tls = dict.fromkeys(frontends, c.cluster.tls)
-    variant_of = dict.fromkeys(frontends, frontends)
+    tls: dict[str, str] = dict.fromkeys(frontends, str(c.cluster.tls))
+    variant_of = {fe: list(frontends) for fe in frontends}
     for name, (fes, mode) in VARIANTS.items():
         variant = from_data(_variant(data, fes, mode), f"{CLUSTER_TOML} ({name} variant)")
         vplans = plan(variant)
@@ -301,8 +302,8 @@ def test_forwarded_headers(cluster: Frontends, fe: str, path: str) -> None:
     h = answer.json["headers"]
     expected = {
         "host": cluster.domain,
-        "x-forwarded-for": CLIENT,
-        "x-real-ip": CLIENT,
+        "x-forwarded-for": cluster.net.gateway,  # the client: the root namespace on the bridge
+        "x-real-ip": cluster.net.gateway,
         "x-forwarded-proto": "http",
         "x-forwarded-host": cluster.domain,
     }
@@ -359,7 +360,8 @@ def test_acme_unknown_token_is_404_without_loop(cluster: Frontends, fe: str) -> 
     assert len(own) == 1 and "hop=-" in own[0], (
         f"{fe}'s access log for {path}: expected exactly the client's request, got {own}"
     )
-    asks_peers = bool(cluster.plans[fe].frontend and cluster.plans[fe].frontend.acme_peers)
+    fp = cluster.plans[fe].frontend
+    asks_peers = fp is not None and bool(fp.acme_peers)
     for peer in cluster.peers(fe):
         lines = _settle_log_hits(cluster.nginx[peer], path, 1 if asks_peers else 0)
         expected = 1 if asks_peers else 0
