@@ -122,5 +122,19 @@ def generate(cluster_file: Path, out_dir: Path | None, check: bool) -> None:
     )
 
 
+def _add_operations_commands() -> None:
+    # The modules import only click (their work is imported inside the commands): --help stays fast.
+    from synth.commands.deploy import deploy
+    from synth.commands.secrets import secrets
+    from synth.commands.verify import verify
+
+    main.add_command(secrets)
+    main.add_command(verify)
+    main.add_command(deploy)
+
+
+_add_operations_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,50 @@
+"""Every role check of one machine, chosen from its HostPlan: what `synth verify` and `synth deploy` run.
+
+    results = checks_for(cluster, plans["db1"], testinfra_host)
+
+ROLLOUT relaxes what cannot hold yet in the middle of a deployment: a PostgreSQL primary is deployed
+before its replicas, so during a rollout it is not required to have its standbys streaming (each
+replica's own checks then prove that it streams from the primary).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synth.checks import CheckResult
+from synth.checks.backend import backend_checks
+from synth.checks.frontend import frontend_checks
+from synth.checks.pictrs import pictrs_checks
+from synth.checks.postgres import DEFAULT_ACCESS, PsqlAccess, check_postgres
+from synth.model import Cluster
+from synth.topology import BACKEND_PORT, PICTRS_PORT, UI_PORT, HostPlan
+
+
+def checks_for(
+    cluster: Cluster,
+    plan: HostPlan,
+    host: Any,
+    *,
+    rollout: bool = False,
+    access: PsqlAccess = DEFAULT_ACCESS,
+) -> list[CheckResult]:
+    """The checks of every role of PLAN's machine, run through the testinfra HOST, in role order."""
+    results: list[CheckResult] = []
+    if plan.postgres is not None:
+        pg = plan.postgres
+        if pg.role == "primary":
+            standbys = [] if rollout else pg.replication_slots
+            results += check_postgres(
+                host, "primary", plan.private_address, standbys=standbys, slots=standbys, access=access
+            )
+        else:
+            results += check_postgres(
+                host, "replica", plan.private_address, primary_address=pg.primary_address, access=access
+            )
+    if plan.pictrs is not None:
+        results += pictrs_checks(host, plan.private_address, PICTRS_PORT)
+    if plan.backend is not None:
+        results += backend_checks(host, plan.private_address, BACKEND_PORT)
+    if plan.frontend is not None:
+        results += frontend_checks(host, cluster.cluster.domain, plan.private_address, UI_PORT, plan.frontend.backends)
+    return results

@@ -1,0 +1,164 @@
+"""`synth secrets init` and `synth secrets push`: the cluster's secret files, made here and installed there."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from synth.cli import CLUSTER_ARG, user_errors
+from synth.commands import folder_of, host_option, make_ssh_options, select, ssh_options
+
+SECRETS_DIR = "secrets"
+
+
+def _secrets_dir(cluster_file: Path) -> Path:
+    return folder_of(cluster_file) / SECRETS_DIR
+
+
+def _git_ignored(folder: Path) -> bool | None:
+    """Whether git ignores FOLDER: True/False, or None outside a git work tree (or without git)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(folder.parent), "check-ignore", "-q", "--", f"{folder.name}/"],
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return None
+    if r.returncode == 0:
+        return True
+    if r.returncode == 1:
+        return False
+    return None  # 128: not a git repository
+
+
+@click.group("secrets")
+def secrets() -> None:
+    """Create the cluster's secrets here (init) and install them on the machines (push)."""
+
+
+@secrets.command("init")
+@CLUSTER_ARG
+@user_errors
+def init(cluster_file: Path) -> None:
+    """Create secrets/ beside CLUSTER with every secret the cluster needs; never overwrite one."""
+    import os
+    import secrets as rnd
+    import stat
+
+    from synth.model import load
+    from synth.topology import SECRET_FILES, plan
+
+    c = load(cluster_file)
+    needed = {key for hp in plan(c).values() for key in hp.secrets}
+    folder = _secrets_dir(cluster_file)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} exists and is not a folder")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    created = kept = 0
+    for key, filename in SECRET_FILES.items():
+        if key not in needed:
+            continue
+        path = folder / filename
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(path, 0o600)
+                click.echo(f"kept: {path} (mode {mode:04o} tightened to 0600)")
+            else:
+                click.echo(f"kept: {path}")
+            kept += 1
+            continue
+        # 32 random bytes: 43 URL-safe characters (Lemmy's admin password must be 10-60 characters).
+        value = rnd.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(value + "\n")
+        click.echo(f"created: {path}")
+        created += 1
+    click.echo(f"{created} created, {kept} kept in {folder}")
+    if _git_ignored(folder) is False:
+        click.echo(
+            f"warning: {folder} is not ignored by git; add `/{SECRETS_DIR}/` to .gitignore so that the "
+            "secrets are never committed",
+            err=True,
+        )
+
+
+@secrets.command("push")
+@CLUSTER_ARG
+@host_option
+@ssh_options
+@click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, help="Machines at once.")
+@user_errors
+def push(
+    cluster_file: Path, hosts: tuple[str, ...], ssh_option: tuple[str, ...], identity: Path | None, parallel: int
+) -> None:
+    """Install on each machine exactly the secrets it needs (root:root 0400, folder 0700).
+
+    One SSH connection per machine; the contents travel through ssh's stdin, never on a command
+    line. Each file is compared by sha256 on the machine and only rewritten (atomically) when it
+    differs. Exit 1 when any machine failed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synth.errors import Problem, SynthError
+    from synth.model import load
+    from synth.remote import PushResult, push_secrets
+    from synth.topology import SECRET_FILES, plan
+
+    c = load(cluster_file)
+    opts = make_ssh_options(cluster_file, ssh_option, identity)
+    names = select(c, cluster_file, hosts)
+    plans = plan(c)
+    folder = _secrets_dir(cluster_file)
+    local: dict[str, bytes] = {}
+    problems = []
+    for key in sorted({k for n in names for k in plans[n].secrets}):
+        path = folder / SECRET_FILES[key]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            problems.append(Problem("", f"{path} is missing; create it with `synth secrets init {cluster_file}`"))
+            continue
+        if not data.strip():
+            problems.append(
+                Problem("", f"{path} is empty; put the secret in it or delete it and run `synth secrets init`")
+            )
+            continue
+        local[key] = data
+    if problems:
+        raise SynthError(str(cluster_file), problems)
+
+    def one(name: str) -> PushResult:
+        hp = plans[name]
+        files = {remote: local[key] for key, remote in hp.secrets.items()}
+        if not files:
+            return PushResult(name, {})
+        m = c.machines[name]
+        return push_secrets(name, m.ssh_user, m.address, files, opts)
+
+    with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(names)))) as pool:
+        results = list(pool.map(one, names))
+    failed = 0
+    for r in results:
+        if not plans[r.host].secrets:
+            click.echo(f"{r.host}: no secrets needed")
+        for remote, st in sorted(r.statuses.items()):
+            click.echo(f"{r.host}: {st}: {remote}")
+        if not r.ok:
+            failed += 1
+            click.echo(f"{r.host}: FAILED: {r.error}", err=True)
+    counts: dict[str, int] = {}
+    for r in results:
+        for st in r.statuses.values():
+            counts[st] = counts.get(st, 0) + 1
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("created", "changed", "unchanged"))
+    click.echo(f"{len(results) - failed} of {len(results)} machines done: {summary}")
+    if failed:
+        sys.exit(1)
