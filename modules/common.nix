@@ -5,6 +5,7 @@
 {
   config,
   lib,
+  pkgs,
   ...
 }:
 let
@@ -118,6 +119,9 @@ in
         '';
       }
     ];
+
+    # The role checks of `synth verify` and `synth deploy` probe services with curl and ss.
+    environment.systemPackages = [ pkgs.curl ];
 
     networking.hosts = lib.mapAttrs' (name: addr: lib.nameValuePair addr [ name ]) cfg.peers;
 

@@ -80,7 +80,7 @@ def bench_synth(results: dict[str, Any]) -> list[Row]:
 
     rows: list[Row] = []
     synth = ROOT / ".venv" / "bin" / "synth"
-    exe = [str(synth)] if synth.exists() else [sys.executable, "-m", "synth.cli"]
+    exe = [str(synth)] if synth.exists() else [sys.executable, "-m", "synth"]
 
     best, median = best_of(10, lambda: subprocess.run([*exe, "--help"], capture_output=True, check=True))
     results["synth_help_s"] = {"best": best, "median": median}

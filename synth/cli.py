@@ -81,35 +81,17 @@ def validate(cluster_file: Path) -> None:
     click.echo(f"{cluster_file}: OK: cluster {c.cluster.name!r}, {len(c.machines)} machines ({summary})")
 
 
-@main.command()
-@CLUSTER_ARG
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder that receives hosts/ (default: the folder of CLUSTER).",
-)
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 and list the files that would change.")
-@user_errors
-def generate(cluster_file: Path, out_dir: Path | None, check: bool) -> None:
-    """Generate hosts/<machine>/default.nix and hosts/machines.nix from CLUSTER."""
+def _out_dir(cluster_file: Path, out_dir: Path | None) -> Path:
+    return out_dir if out_dir is not None else (cluster_file.parent if str(cluster_file.parent) else Path("."))
+
+
+def _write_hosts(cluster: Cluster, cluster_file: Path, out: Path) -> None:
+    """Generate hosts/ for CLUSTER (already validated) and report what changed."""
     from synth import generate as gen
     from synth.render import render_files
 
-    c = _load(cluster_file)
-    out = out_dir if out_dir is not None else (cluster_file.parent if str(cluster_file.parent) else Path("."))
-    files = render_files(c, cluster_file.name)
+    files = render_files(cluster, cluster_file.name)
     changes = gen.diff(out, files, str(cluster_file))
-    if check:
-        if not changes.any:
-            click.echo(f"{out / 'hosts'}: up to date ({len(files)} files)")
-            return
-        for label, items in (("added", changes.added), ("changed", changes.changed), ("removed", changes.removed)):
-            for rel in items:
-                click.echo(f"would be {label}: {out / rel}")
-        click.echo(f"synth: {out / 'hosts'} is out of date; run `synth generate {cluster_file}`", err=True)
-        sys.exit(1)
     gen.apply(out, files, changes)
     for label, items in (("added", changes.added), ("changed", changes.changed), ("removed", changes.removed)):
         for rel in items:
@@ -120,6 +102,204 @@ def generate(cluster_file: Path, out_dir: Path | None, check: bool) -> None:
         f"{len(changes.added)} added, {len(changes.changed)} changed, {len(changes.removed)} removed, "
         f"{len(changes.unchanged)} unchanged"
     )
+
+
+def _write_cluster_file(path: Path, text: str) -> None:
+    """Replace PATH with TEXT atomically, keeping its permissions."""
+    import os
+    import tempfile
+
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".synth-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _edit_cluster(cluster_file: Path, edit: Callable[[str, Cluster], str], out_dir: Path | None) -> Cluster:
+    """Apply EDIT to the cluster file, validate the result, then write it and regenerate hosts/.
+
+    An edit whose result is invalid writes nothing and reports the problems found in the result.
+    """
+    from synth.errors import SynthError
+    from synth.model import parse
+
+    current = _load(cluster_file)
+    text = cluster_file.read_text(encoding="utf-8")
+    new_text = edit(text, current)
+    try:
+        new = parse(new_text, str(cluster_file))
+    except SynthError as exc:
+        click.echo(f"synth: {cluster_file} was not changed: the result would be invalid:", err=True)
+        raise exc from None
+    _write_cluster_file(cluster_file, new_text)
+    click.echo(f"updated {cluster_file}")
+    _write_hosts(new, cluster_file, _out_dir(cluster_file, out_dir))
+    return new
+
+
+OUT_OPTION = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder that receives hosts/ (default: the folder of CLUSTER).",
+)
+CLUSTER_OPTION = click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="cluster.toml",
+    show_default=True,
+    help="The cluster file.",
+)
+
+
+@main.command()
+@CLUSTER_ARG
+@OUT_OPTION
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 and list the files that would change.")
+@user_errors
+def generate(cluster_file: Path, out_dir: Path | None, check: bool) -> None:
+    """Generate hosts/<machine>/default.nix and hosts/machines.nix from CLUSTER."""
+    from synth import generate as gen
+    from synth.render import render_files
+
+    c = _load(cluster_file)
+    out = _out_dir(cluster_file, out_dir)
+    if not check:
+        _write_hosts(c, cluster_file, out)
+        return
+    files = render_files(c, cluster_file.name)
+    changes = gen.diff(out, files, str(cluster_file))
+    if not changes.any:
+        click.echo(f"{out / 'hosts'}: up to date ({len(files)} files)")
+        return
+    for label, items in (("added", changes.added), ("changed", changes.changed), ("removed", changes.removed)):
+        for rel in items:
+            click.echo(f"would be {label}: {out / rel}")
+    click.echo(f"synth: {out / 'hosts'} is out of date; run `synth generate {cluster_file}`", err=True)
+    sys.exit(1)
+
+
+@main.command("add-machine")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, required=True, help="frontend, backend, pictrs or postgres (repeat).")
+@click.option("--address", required=True, help="How the deployer reaches it: IP address or DNS name.")
+@click.option("--private-address", default=None, help="Its cluster-internal IP (default: --address, if an IP).")
+@click.option("--system", default=None, help="Nix system, if not the cluster's default.")
+@CLUSTER_OPTION
+@OUT_OPTION
+@user_errors
+def add_machine(
+    name: str,
+    roles: tuple[str, ...],
+    address: str,
+    private_address: str | None,
+    system: str | None,
+    cluster_file: Path,
+    out_dir: Path | None,
+) -> None:
+    """Add machine NAME to the cluster file (keeping its comments), then regenerate hosts/."""
+    from synth.edit import add_machine as edit
+
+    _edit_cluster(
+        cluster_file,
+        lambda text, _c: edit(text, str(cluster_file), name, roles, address, private_address, system),
+        out_dir,
+    )
+    click.echo(
+        f"Next: `synth plan` shows which machines to deploy; deploy {name} and every machine whose hosts/ changed."
+    )
+
+
+@main.command("remove-machine")
+@click.argument("name")
+@CLUSTER_OPTION
+@OUT_OPTION
+@user_errors
+def remove_machine(name: str, cluster_file: Path, out_dir: Path | None) -> None:
+    """Remove machine NAME from the cluster file (refusing unsafe removals), then regenerate hosts/."""
+    from synth.edit import remove_machine as edit
+
+    _edit_cluster(cluster_file, lambda text, c: edit(text, str(cluster_file), c, name), out_dir)
+    click.echo(f"Next: deploy the machines whose hosts/ changed, then switch {name} off.")
+
+
+@main.command("plan")
+@CLUSTER_ARG
+@OUT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def plan_command(cluster_file: Path, out_dir: Path | None, as_json: bool) -> None:
+    """Show what `synth generate` and a deploy would change, per machine, and in what order."""
+    import json
+
+    from synth.changes import compute
+
+    c = _load(cluster_file)
+    p = compute(c, str(cluster_file), _out_dir(cluster_file, out_dir))
+    if as_json:
+        click.echo(json.dumps(p.to_json(), indent=2))
+        return
+    if not p.files:
+        click.echo("No changes: hosts/ matches the cluster file; nothing to deploy.")
+        return
+    for f in p.files:
+        click.echo(f"== {f.status}: {f.path}")
+        click.echo(f.diff, nl=False)
+    click.echo()
+    if p.decommission:
+        click.echo(
+            f"Machines leaving the cluster (switch them off after the others are deployed): {', '.join(p.decommission)}"
+        )
+    if p.batches:
+        click.echo("Run `synth generate`, then deploy in this order (each batch after the previous one is healthy):")
+        for i, b in enumerate(p.batches, 1):
+            click.echo(f"  {i}. {b.stage}: {', '.join(b.machines)}")
+
+
+@main.command()
+@CLUSTER_ARG
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["svg", "png", "mermaid"]),
+    default="svg",
+    show_default=True,
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout)."
+)
+@user_errors
+def diagram(cluster_file: Path, fmt: str, output: Path | None) -> None:
+    """Draw the cluster: machines, roles, traffic and replication."""
+    from synth import diagram as d
+
+    c = _load(cluster_file)
+    if fmt == "mermaid":
+        data: bytes = d.mermaid(c).encode()
+    elif fmt == "svg":
+        data = d.svg(c).encode()
+    else:
+        try:
+            data = d.png(d.svg(c))
+        except RuntimeError as exc:
+            click.echo(f"synth: {exc}", err=True)
+            sys.exit(1)
+    if output is None:
+        if fmt == "png":
+            click.echo("synth: PNG is binary; give -o FILE", err=True)
+            sys.exit(1)
+        click.echo(data.decode(), nl=False)
+    else:
+        output.write_bytes(data)
+        click.echo(f"wrote {output}")
 
 
 def _add_operations_commands() -> None:
@@ -134,7 +314,3 @@ def _add_operations_commands() -> None:
 
 
 _add_operations_commands()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -204,11 +204,29 @@ def _translate(err: Any) -> Problem:
 
 
 def _check_raw(data: dict[str, Any]) -> list[Problem]:
-    """Rules that can still run on raw data when the structure did not parse (machine names)."""
+    """The machine rules, run on raw data when some other part did not parse, so that one typo
+    does not hide the rest: every machine whose fields have the right types is checked."""
     machines = data.get("machines")
     if not isinstance(machines, dict):
         return []
-    return [_machine_name_problem(name) for name in machines if not _LABEL_RE.match(name)]
+    well_typed: dict[str, Machine] = {}
+    problems = []
+    for name, raw in machines.items():
+        if not _LABEL_RE.match(name):
+            problems.append(_machine_name_problem(name))
+        if not isinstance(raw, dict):
+            continue
+        address, private, roles = raw.get("address"), raw.get("private_address"), raw.get("roles", [])
+        if not (isinstance(address, str) and (private is None or isinstance(private, str)) and isinstance(roles, list)):
+            continue
+        well_typed[name] = Machine.model_construct(
+            address=address,
+            private_address=private,
+            roles=[r for r in roles if r in ROLES],
+            system=None,
+            ssh_user="root",
+        )
+    return problems + _check_machines(well_typed)
 
 
 def _machine_name_problem(name: str) -> Problem:
@@ -282,16 +300,16 @@ def check(c: Cluster) -> list[Problem]:
     if not sd.startswith("/") or sd.startswith("/nix/store"):
         p.append(Problem("secrets.dir", "must be an absolute path on the hosts, outside /nix/store"))
 
-    p += _check_machines(c)
+    p += _check_machines(c.machines)
     p += _check_roles(c)
     return sorted(p)
 
 
-def _check_machines(c: Cluster) -> list[Problem]:
+def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
     p: list[Problem] = []
     public: dict[str, str] = {}
     private: dict[str, str] = {}
-    for name, m in c.machines.items():
+    for name, m in machines.items():
         base = ("machines", name)
         if not _LABEL_RE.match(name):
             p.append(_machine_name_problem(name))
@@ -328,17 +346,21 @@ def _check_machines(c: Cluster) -> list[Problem]:
         else:
             public[addr] = name
         if m.private_address is not None or _is_ip(m.address):
-            priv = _norm(c.private_address(name))
+            priv = _norm(_private(m))
             if priv in private:
                 p.append(
                     Problem(
                         dotted((*base, "private_address" if m.private_address else "address")),
-                        f"private address {c.private_address(name)} is already used by machine {private[priv]!r}",
+                        f"private address {_private(m)} is already used by machine {private[priv]!r}",
                     )
                 )
             else:
                 private[priv] = name
     return p
+
+
+def _private(m: Machine) -> str:
+    return m.private_address if m.private_address is not None else m.address
 
 
 def _norm(addr: str) -> str:

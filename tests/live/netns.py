@@ -12,6 +12,7 @@ every host. Nothing leaves the machine. Needs root and iproute2.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 from collections.abc import Sequence
@@ -41,19 +42,22 @@ class Host:
         self.procs.append(proc)
         return proc
 
+    gateway: str = ""
+
     def link(self, up: bool) -> None:
         """Cut or restore the host's network (like pulling its cable)."""
         self.run(["ip", "link", "set", "eth0", "up" if up else "down"])
+        if up and self.gateway:
+            # The kernel drops the default route with the link; put it back.
+            self.run(["ip", "route", "replace", "default", "via", self.gateway])
 
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
         for proc in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         self.procs.clear()
 
 
@@ -77,12 +81,12 @@ class Network:
 
     def add(self, name: str, address: str) -> Host:
         ns = f"{self.prefix}{name}"
-        veth = f"lcv-{name}"[:15]
+        veth = self.veth(name)
         sh(["ip", "netns", "add", ns])
         sh(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         sh(["ip", "link", "set", veth, "master", self.bridge])
         sh(["ip", "link", "set", veth, "up"])
-        host = Host(name, address, ns)
+        host = Host(name, address, ns, gateway=self.gateway)
         host.run(["ip", "addr", "add", f"{address}/{self.net.prefixlen}", "dev", "eth0"])
         host.run(["ip", "link", "set", "eth0", "up"])
         host.run(["ip", "link", "set", "lo", "up"])
@@ -90,9 +94,17 @@ class Network:
         self.hosts[name] = host
         return host
 
+    def veth(self, name: str) -> str:
+        """The root-side interface of host NAME (unique per Network prefix; at most 15 characters)."""
+        return f"{self.prefix}{name}"[:15]
+
     def cleanup(self) -> None:
         for host in self.hosts.values():
             host.stop_all()
+        # A namespace can outlive `ip netns del` while the kernel still holds its closed TCP
+        # connections, and its root-side veth with it: delete the veths explicitly.
+        for name in self.hosts:
+            sh(["ip", "link", "del", self.veth(name)], check=False)
         self.hosts.clear()
         out = sh(["ip", "netns", "list"], check=False).stdout
         for line in out.splitlines():

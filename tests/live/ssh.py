@@ -91,7 +91,7 @@ def ssh_command(host_address: str, keys: SshKeys, command: str) -> list[str]:
     ]
 
 
-def testinfra_host(host: Host, keys: SshKeys) -> Any:
+def testinfra_host(host: Host, keys: SshKeys) -> Any:  # not a test, despite its name
     """A testinfra Host for HOST over SSH (paramiko), like `testinfra.get_host("ssh://...")`."""
     import testinfra
 
@@ -99,3 +99,6 @@ def testinfra_host(host: Host, keys: SshKeys) -> Any:
         f"paramiko://root@{host.address}",
         ssh_identity_file=str(keys.client_key),
     )
+
+
+testinfra_host.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test function

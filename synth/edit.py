@@ -1,0 +1,103 @@
+"""Edits of cluster.toml that keep the user's comments, order and formatting (tomlkit).
+
+Each function takes the file's text and returns the new text; it never writes. The caller
+validates the result (model.parse) before writing anything, so an edit that would make the
+cluster invalid leaves the file untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tomlkit
+from tomlkit.items import Table
+
+from synth.errors import Problem, SynthError
+from synth.model import Cluster
+
+
+def _doc(text: str, file: str) -> Any:
+    try:
+        return tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise SynthError.single(file, "", f"TOML syntax error: {exc}") from None
+
+
+def add_machine(
+    text: str,
+    file: str,
+    name: str,
+    roles: Sequence[str],
+    address: str,
+    private_address: str | None = None,
+    system: str | None = None,
+) -> str:
+    """TEXT with a new [machines.NAME] table appended after the last machine."""
+    doc = _doc(text, file)
+    machines = doc.get("machines")
+    if machines is None:
+        machines = tomlkit.table(is_super_table=True)
+        doc["machines"] = machines
+    if name in machines:
+        raise SynthError.single(
+            file, f"machines.{name}", "a machine of that name exists already; choose another name or remove it first"
+        )
+    table: Table = tomlkit.table()
+    table.add("address", address)
+    if private_address is not None:
+        table.add("private_address", private_address)
+    table.add("roles", list(roles))
+    if system is not None:
+        table.add("system", system)
+    machines[name] = table
+    return str(tomlkit.dumps(doc))
+
+
+def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
+    """TEXT without [machines.NAME]; refuses removals that would break the cluster, saying why."""
+    if name not in cluster.machines:
+        raise SynthError.single(file, f"machines.{name}", f"no machine named {name!r} in {file}")
+    roles = cluster.machines[name].roles
+    problems: list[Problem] = []
+    if name == cluster.postgres.primary:
+        replicas = [m for m in cluster.machines_with("postgres") if m != name]
+        way_out = (
+            f"promote a replica first (`synth promote {replicas[0]}`), then remove {name}"
+            if replicas
+            else "add a postgres machine, let it replicate, promote it, then remove this one"
+        )
+        problems.append(
+            Problem(
+                f"machines.{name}", f"{name} is the PostgreSQL primary: removing it would lose the database; {way_out}"
+            )
+        )
+    for role, noun in (("frontend", "frontend"), ("backend", "backend"), ("pictrs", "pict-rs machine")):
+        if role in roles and cluster.machines_with(role) == [name]:
+            problems.append(
+                Problem(
+                    f"machines.{name}",
+                    f"{name} is the only {noun}: add another machine with role {role!r} "
+                    f"(`synth add-machine NAME --role {role} --address ADDRESS`) before removing it",
+                )
+            )
+    if problems:
+        raise SynthError(file, problems)
+    doc = _doc(text, file)
+    del doc["machines"][name]
+    return str(tomlkit.dumps(doc))
+
+
+def set_primary(text: str, file: str, name: str) -> str:
+    """TEXT with [postgres] primary = NAME, keeping the line's comment."""
+    doc = _doc(text, file)
+    postgres = doc.get("postgres")
+    if postgres is None or "primary" not in postgres:
+        raise SynthError.single(file, "postgres.primary", "missing; add a [postgres] table with primary = ...")
+    old = postgres["primary"]
+    new = tomlkit.string(name)
+    comment = getattr(getattr(old, "trivia", None), "comment", "")
+    if comment:
+        new.comment(comment.lstrip("#").strip())
+    postgres["primary"] = new
+    return str(tomlkit.dumps(doc))

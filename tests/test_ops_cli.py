@@ -1,0 +1,171 @@
+"""add-machine, remove-machine, plan and diagram: edits keep the user's file, refusals say why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from synth.model import load
+from tests.conftest import EXAMPLES, ROOT
+from tests.test_cli import run, snapshot
+
+GOLDEN = ROOT / "tests" / "golden" / "edit"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copy(EXAMPLES / "small.toml", tmp_path / "cluster.toml")
+    assert run("generate", str(tmp_path / "cluster.toml"))[0] == 0
+    return tmp_path
+
+
+def test_add_machine_keeps_comments_and_regenerates(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    code, out, err = run(
+        "add-machine", "fe3", "--role", "frontend", "--address", "203.0.113.12", "--private-address", "10.0.0.12",
+        "--cluster", str(toml),
+    )  # fmt: skip
+    assert code == 0, err
+    assert toml.read_text() == (GOLDEN / "small-add-fe3.toml").read_text()
+    assert "# no public address: reached over the private network" in toml.read_text()
+    assert "added: " in out and "hosts/fe3/default.nix" in out
+    assert (workdir / "hosts" / "fe3" / "default.nix").is_file()
+    assert "fe3" in (workdir / "hosts" / "fe2" / "default.nix").read_text(), "fe2 now falls back to fe3's lemmy-ui"
+
+
+def test_remove_machine_keeps_the_rest_of_the_file(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    toml.write_text((GOLDEN / "small-add-fe3.toml").read_text())
+    code, out, err = run("remove-machine", "fe2", "--cluster", str(toml))
+    assert code == 0, err
+    assert "removed: " in out and "hosts/fe2/default.nix" in out
+    assert toml.read_text() == (GOLDEN / "small-add-fe3-remove-fe2.toml").read_text()
+    assert not (workdir / "hosts" / "fe2").exists()
+    assert "fe2" not in load(toml).machines
+
+
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [
+        (
+            "db1",
+            "db1 is the PostgreSQL primary: removing it would lose the database; "
+            "promote a replica first (`synth promote db2`)",
+        ),
+        ("app1", "app1 is the only backend: add another machine with role 'backend'"),
+        ("nope", "no machine named 'nope'"),
+    ],
+)
+def test_remove_refusals_change_nothing(workdir: Path, machine: str, expected: str) -> None:
+    before = snapshot(workdir)
+    code, out, err = run("remove-machine", machine, "--cluster", str(workdir / "cluster.toml"))
+    assert code == 1
+    assert out == ""
+    assert expected in err, err
+    assert snapshot(workdir) == before
+
+
+def test_remove_last_frontend_refused(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "single.toml", tmp_path / "cluster.toml")
+    code, _, err = run("remove-machine", "lemmy1", "--cluster", str(tmp_path / "cluster.toml"))
+    assert code == 1
+    assert "lemmy1 is the PostgreSQL primary" in err
+    assert "lemmy1 is the only frontend" in err
+
+
+def test_add_invalid_machine_changes_nothing(workdir: Path) -> None:
+    before = snapshot(workdir)
+    code, _, err = run(
+        "add-machine",
+        "fe3",
+        "--role",
+        "fronted",
+        "--address",
+        "203.0.113.10",
+        "--cluster",
+        str(workdir / "cluster.toml"),
+    )
+    assert code == 1
+    assert "was not changed: the result would be invalid" in err
+    assert "machines.fe3.roles[0]: unknown role 'fronted'; did you mean 'frontend'?" in err
+    assert "machines.fe3.address: 203.0.113.10 is already the address of machine 'fe1'" in err
+    assert snapshot(workdir) == before
+
+
+def test_add_existing_name_refused(workdir: Path) -> None:
+    code, _, err = run(
+        "add-machine",
+        "fe1",
+        "--role",
+        "frontend",
+        "--address",
+        "198.51.100.1",
+        "--cluster",
+        str(workdir / "cluster.toml"),
+    )
+    assert code == 1
+    assert "machines.fe1: a machine of that name exists already" in err
+
+
+def test_plan_shows_diffs_and_order(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    toml.write_text(toml.read_text().replace("version = 17", "version = 18"))
+    code, out, _ = run("plan", str(toml))
+    assert code == 0
+    assert "== changed: hosts/db1/default.nix" in out
+    assert "-        majorVersion = 17;\n+        majorVersion = 18;" in out
+    assert "  1. postgres-primary: db1\n  2. postgres-replicas: db2" in out
+    assert "fe1" not in out.split("deploy in this order")[1], "unchanged machines are not redeployed"
+    assert (
+        toml.read_text().count("version = 18") == 1
+        and (workdir / "hosts/db1/default.nix").read_text().count("17;") == 1
+    ), "plan writes nothing"
+
+
+def test_plan_json_after_adding_a_frontend(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    toml.write_text(
+        toml.read_text()
+        + '\n[machines.fe3]\naddress = "203.0.113.12"\nprivate_address = "10.0.0.12"\nroles = ["frontend"]\n'
+    )
+    code, out, _ = run("plan", str(toml), "--json")
+    assert code == 0
+    data = json.loads(out)
+    statuses = {f["path"]: f["status"] for f in data["files"]}
+    assert statuses["hosts/fe3/default.nix"] == "added"
+    assert statuses["hosts/app1/default.nix"] == "changed", "the backend admits fe3 through its firewall"
+    assert data["redeploy"] == ["fe1", "fe2", "fe3", "app1"] or set(data["redeploy"]) >= {"fe1", "fe2", "fe3", "app1"}
+    assert data["batches"][0] == {"stage": "pictrs", "machines": ["app1"]}
+    assert [b["stage"] for b in data["batches"][1:]] == ["frontends", "frontends", "frontends"]
+
+
+def test_plan_no_changes(workdir: Path) -> None:
+    code, out, _ = run("plan", str(workdir / "cluster.toml"))
+    assert code == 0
+    assert out.startswith("No changes")
+
+
+def test_diagram_formats(workdir: Path, tmp_path: Path) -> None:
+    code, out, _ = run("diagram", str(workdir / "cluster.toml"), "--format", "mermaid")
+    assert code == 0
+    assert out.startswith("flowchart LR\n")
+    assert "m_app1 -->|SQL| m_db1" in out
+    assert "m_db1 -. WAL streaming .-> m_db2" in out
+    assert "m_fe1 -. lemmy-ui backup .-> m_fe2" in out
+    code, out, _ = run("diagram", str(workdir / "cluster.toml"))
+    assert code == 0 and out.startswith("<svg ") and out.rstrip().endswith("</svg>")
+    assert ">db1 (primary)<" in out and "WAL streaming" in out
+    import xml.dom.minidom
+
+    xml.dom.minidom.parseString(out)  # well-formed
+
+
+def test_readme_diagram_is_current() -> None:
+    from synth.diagram import svg
+
+    assert (ROOT / "docs" / "cluster-small.svg").read_text() == svg(load(EXAMPLES / "small.toml")), (
+        "regenerate with `synth diagram examples/small.toml -o docs/cluster-small.svg`"
+    )
