@@ -21,6 +21,7 @@ import contextlib
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import string
 import subprocess
@@ -49,6 +50,12 @@ HOST_PREFIX = "pg"
 SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Settings = Mapping[str, str | int | bool]
+
+# The primary's own set-up sessions commit locally. In synchronous mode a commit waits for a
+# standby, and on a first start no standby can be there yet: replicas need the replication password
+# and slots that this set-up writes. Without it, CREATE DATABASE and ALTER ROLE wait forever (the
+# NixOS module needs the same, PGOPTIONS for postgresql.service's postStart and lemmy-cluster-pg-setup).
+LOCAL_COMMIT = {"PGOPTIONS": "-c synchronous_commit=local"}
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -320,12 +327,26 @@ class PgServer:
     # -- queries
 
     def psql_run(
-        self, sql: str, db: str = "postgres", check: bool = True, stdin: str | None = None
+        self,
+        sql: str,
+        db: str = "postgres",
+        check: bool = True,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
         """psql as the postgres superuser over this server's Unix socket (peer authentication)."""
         args = [self.tool("psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(self.run_dir), "-d", db]
         args += ["-f", "-"] if stdin is not None else ["-c", sql]
-        r = subprocess.run(as_pg(args), text=True, capture_output=True, input=stdin, check=False)
+        r = subprocess.run(
+            as_pg(args),
+            text=True,
+            capture_output=True,
+            input=stdin,
+            check=False,
+            timeout=timeout,
+            env={"PATH": SYS_PATH, "LANG": "C.UTF-8", **(env or {})},
+        )
         if check and r.returncode != 0:
             raise RuntimeError(f"{self.name}: psql failed ({r.returncode}): {sql or stdin}\n{r.stderr}")
         return r
@@ -443,10 +464,13 @@ class PgLab:
         srv.start()
         # nixpkgs' postStart: ensureDatabases, ensureUsers (ensureDBOwnership, ensureClauses).
         db, user, repl = opts["database"], opts["user"], opts["replicationUser"]
-        srv.psql_run(f'CREATE DATABASE "{db}"')
-        srv.psql_run(f'CREATE ROLE "{user}" WITH LOGIN')
-        srv.psql_run(f'ALTER DATABASE "{db}" OWNER TO "{user}"')
-        srv.psql_run(f'CREATE ROLE "{repl}" WITH LOGIN REPLICATION')
+        for sql in (
+            f'CREATE DATABASE "{db}"',
+            f'CREATE ROLE "{user}" WITH LOGIN',
+            f'ALTER DATABASE "{db}" OWNER TO "{user}"',
+            f'CREATE ROLE "{repl}" WITH LOGIN REPLICATION',
+        ):
+            srv.psql_run(sql, env=LOCAL_COMMIT)
         self.setup(srv, opts)
 
     def setup(self, srv: PgServer, opts: Mapping[str, Any]) -> None:
@@ -464,7 +488,7 @@ class PgLab:
             f"ALTER ROLE \"{opts['replicationUser']}\" WITH LOGIN REPLICATION PASSWORD :'repl_pw';\n"
             f"{slot_sql}"
         )
-        srv.psql_run("", stdin=script)
+        srv.psql_run("", stdin=script, env=LOCAL_COMMIT)
 
     def script(
         self,
@@ -523,3 +547,11 @@ class PgLab:
     def stop_all(self) -> None:
         for srv in self.servers.values():
             srv.kill9()
+
+    def reset(self, cluster: Cluster) -> None:
+        """Crash every server, delete their folders and start over with CLUSTER (the hosts stay)."""
+        self.stop_all()
+        for srv in self.servers.values():
+            shutil.rmtree(srv.base, ignore_errors=True)
+        self.servers.clear()
+        self.cluster = cluster
