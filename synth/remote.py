@@ -206,8 +206,13 @@ def paramiko_client(user: str, address: str, opts: SshOptions, timeout: float | 
     Honoured: StrictHostKeyChecking, UserKnownHostsFile, Port, ConnectTimeout, IdentityFile (and
     `--identity`). Other options only apply to the ssh client (secrets push, nixos-rebuild).
     """
+    import logging
+
     import paramiko
 
+    # paramiko logs every failed handshake with a traceback; the caller reports the exception itself.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
     settings = opts.settings()
     client = paramiko.SSHClient()
     client.load_system_host_keys()

@@ -1,0 +1,130 @@
+"""synth.checks.backend, .pictrs and the dispatcher .roles, on a scripted stand-in for a testinfra Host.
+
+The stand-in answers `ss` and `curl` the way those tools answer on a machine; the same checks run
+against real hosts over SSH in tests/live/test_operations.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synth.checks.backend import backend_checks
+from synth.checks.pictrs import pictrs_checks
+from synth.checks.roles import checks_for
+from synth.model import load
+from synth.topology import plan
+from tests.conftest import EXAMPLES
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str = ""
+
+
+@dataclass
+class ScriptedHost:
+    """LISTEN: {port: "addr:port"}; STATUS: {url: HTTP status} (0: no answer)."""
+
+    listen: dict[int, str] = field(default_factory=dict)
+    status: dict[str, int] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+
+    def run(self, command: str) -> Result:
+        self.commands.append(command)
+        if command.startswith("ss "):
+            port = int(command.split("sport = :")[1].rstrip("'"))
+            where = self.listen.get(port)
+            line = f"LISTEN 0 128 {where} 0.0.0.0:*" if where else ""
+            return Result(0, line)
+        if command.startswith("curl "):
+            url = command.split()[-1]
+            code = self.status.get(url, 0)
+            if code == 0:
+                return Result(7, "000", "curl: (7) Failed to connect")
+            return Result(0, str(code))
+        raise AssertionError(f"unexpected command {command}")
+
+
+def test_backend_ok() -> None:
+    host = ScriptedHost({8536: "10.0.0.20:8536"}, {"http://10.0.0.20:8536/api/v3/site": 200})
+    results = backend_checks(host, "10.0.0.20")
+    assert [(r.name, r.ok) for r in results] == [
+        ("backend: listening on 10.0.0.20:8536", True),
+        ("backend: GET /api/v3/site", True),
+    ]
+
+
+def test_backend_migrating_is_reported_as_such() -> None:
+    host = ScriptedHost({8536: "10.0.0.20:8536"}, {"http://10.0.0.20:8536/api/v3/site": 503})
+    site = backend_checks(host, "10.0.0.20")[1]
+    assert not site.ok
+    assert site.detail.startswith("migrations running: ")
+
+
+def test_backend_other_status_and_not_listening() -> None:
+    host = ScriptedHost({8536: "10.0.0.20:8536"}, {"http://10.0.0.20:8536/api/v3/site": 500})
+    site = backend_checks(host, "10.0.0.20")[1]
+    assert not site.ok and site.detail == "expected 200 from http://10.0.0.20:8536/api/v3/site, got 500"
+    down = backend_checks(ScriptedHost(), "10.0.0.20")
+    assert len(down) == 1 and not down[0].ok
+    assert "expected a listener on 10.0.0.20:8536, got nothing" in down[0].detail
+
+
+def test_pictrs() -> None:
+    host = ScriptedHost({8080: "10.0.0.20:8080"}, {"http://10.0.0.20:8080/healthz": 200})
+    assert all(r.ok for r in pictrs_checks(host, "10.0.0.20"))
+    host.status["http://10.0.0.20:8080/healthz"] = 0
+    bad = pictrs_checks(host, "10.0.0.20")[1]
+    assert not bad.ok and "got no answer (curl: (7) Failed to connect)" in bad.detail
+
+
+def test_dispatcher_runs_each_role_of_the_machine() -> None:
+    c = load(EXAMPLES / "small.toml")
+    plans = plan(c)
+    app1 = plans["app1"]  # backend + pictrs
+    addr = app1.private_address
+    host = ScriptedHost(
+        {8536: f"{addr}:8536", 8080: f"{addr}:8080"},
+        {f"http://{addr}:8536/api/v3/site": 200, f"http://{addr}:8080/healthz": 200},
+    )
+    results = checks_for(c, app1, host)
+    assert [r.name for r in results] == [
+        f"pictrs: listening on {addr}:8080",
+        "pictrs: GET /healthz",
+        f"backend: listening on {addr}:8536",
+        "backend: GET /api/v3/site",
+    ]
+    assert all(r.ok for r in results)
+
+
+def test_dispatcher_postgres_primary_in_rollout_does_not_require_standbys(tmp_path: Path) -> None:
+    c = load(EXAMPLES / "small.toml")
+    db1 = plan(c)["db1"]
+    assert db1.postgres is not None and db1.postgres.replication_slots == ["db2"]
+
+    class PgHost(ScriptedHost):
+        def run(self, command: str) -> Result:
+            self.commands.append(command)
+            if "pg_postmaster_start_time" in command:
+                return Result(0, "2026-01-01 00:00:00+00")
+            if "pg_is_in_recovery" in command:
+                return Result(0, "f")
+            if "pg_stat_replication" in command or "pg_replication_slots" in command:
+                return Result(0, "")
+            raise AssertionError(command)
+
+        def socket(self, spec: str) -> object:
+            return type("S", (), {"is_listening": True})()
+
+    full = checks_for(c, db1, PgHost())
+    assert [r.name for r in full if not r.ok] == ["postgres: replication to db2", "postgres: slot db2"]
+    rollout = checks_for(c, db1, PgHost(), rollout=True)
+    assert all(r.ok for r in rollout)
+    assert [r.name for r in rollout] == [
+        "postgres: running",
+        f"postgres: listening on {db1.private_address}:5432",
+        "postgres: role primary",
+    ]

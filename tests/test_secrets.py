@@ -1,0 +1,128 @@
+"""`synth secrets init` (here) and the script behind `synth secrets push` (run locally with sh, as root).
+
+Over real SSH, push is tested in tests/live/test_operations.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from synth.remote import SshOptions, parse_push_output, push_script, ssh_argv
+from synth.topology import SECRET_FILES
+from tests.conftest import EXAMPLES, require_root
+from tests.test_cli import run
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Path:
+    shutil.copy(EXAMPLES / "small.toml", tmp_path / "cluster.toml")
+    return tmp_path / "cluster.toml"
+
+
+def test_init_creates_every_secret_private_and_random(cluster: Path) -> None:
+    code, out, err = run("secrets", "init", str(cluster))
+    assert code == 0, err
+    folder = cluster.parent / "secrets"
+    assert mode(folder) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == sorted(SECRET_FILES.values())
+    values = set()
+    for name in SECRET_FILES.values():
+        path = folder / name
+        assert mode(path) == 0o600, name
+        value = path.read_text()
+        assert value.endswith("\n") and value.count("\n") == 1
+        assert 10 <= len(value.strip()) <= 60, "Lemmy's admin password is 10-60 characters"
+        values.add(value)
+        assert f"created: {path}" in out
+    assert len(values) == len(SECRET_FILES), "every secret is different"
+    assert "4 created, 0 kept" in out
+
+
+def test_init_never_overwrites(cluster: Path) -> None:
+    folder = cluster.parent / "secrets"
+    folder.mkdir(mode=0o755)
+    mine = folder / "pictrs-api-key"
+    mine.write_text("my own key\n")
+    mine.chmod(0o644)
+    code, out, err = run("secrets", "init", str(cluster))
+    assert code == 0, err
+    assert mine.read_text() == "my own key\n"
+    assert mode(mine) == 0o600, "a readable secret is tightened"
+    assert mode(folder) == 0o700
+    assert f"kept: {mine} (mode 0644 tightened to 0600)" in out
+    before = {p.name: p.read_text() for p in folder.iterdir()}
+    code, out, _ = run("secrets", "init", str(cluster))
+    assert code == 0
+    assert {p.name: p.read_text() for p in folder.iterdir()} == before
+    assert "0 created, 4 kept" in out
+
+
+def test_init_warns_when_git_does_not_ignore_secrets(cluster: Path) -> None:
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    subprocess.run([git, "init", "-q", str(cluster.parent)], check=True)
+    code, _, err = run("secrets", "init", str(cluster))
+    assert code == 0
+    assert "is not ignored by git; add `/secrets/` to .gitignore" in err
+    (cluster.parent / ".gitignore").write_text("/secrets/\n")
+    code, _, err = run("secrets", "init", str(cluster))
+    assert code == 0
+    assert "not ignored" not in err
+
+
+def test_push_refuses_missing_secrets(cluster: Path) -> None:
+    code, out, err = run("secrets", "push", str(cluster))
+    assert code == 1
+    assert f"{cluster.parent / 'secrets' / 'lemmy-db-password'} is missing; create it with `synth secrets init" in err
+    assert out == ""
+
+
+def test_push_script_never_carries_secrets_in_argv() -> None:
+    secret = b"s3cret value\n"
+    script = push_script({"/var/lib/lemmy-cluster/secrets/a": secret})
+    argv = ssh_argv("root", "10.0.0.1", "sh -s", SshOptions(("StrictHostKeyChecking=no",), "/k"))
+    assert argv == [
+        "ssh", "-o", "StrictHostKeyChecking=no", "-i", "/k", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes",
+        "root@10.0.0.1", "sh -s",
+    ]  # fmt: skip
+    assert b"s3cret" not in " ".join(argv).encode()
+    assert "s3cret" not in script, "the content is base64-encoded in the script"
+
+
+def test_push_script_installs_compares_and_reports(tmp_path: Path) -> None:
+    require_root()  # the script chowns to root:root, as on the machines
+    folder = tmp_path / "var" / "lib" / "lemmy-cluster" / "secrets"
+    a, b = str(folder / "lemmy-db-password"), str(folder / "pictrs-api-key")
+    binary = bytes(range(256)) * 3  # any bytes survive, including newlines and NULs
+
+    def push(files: dict[str, bytes]) -> dict[str, str]:
+        r = subprocess.run(["sh", "-s"], input=push_script(files).encode(), capture_output=True, check=False)
+        assert r.returncode == 0, r.stderr
+        return parse_push_output(r.stdout.decode())
+
+    assert push({a: b"one\n", b: binary}) == {a: "created", b: "created"}
+    assert Path(a).read_bytes() == b"one\n" and Path(b).read_bytes() == binary
+    assert mode(folder) == 0o700
+    assert mode(folder.parent) == 0o755, "only the secrets folder itself is private"
+    for p in (a, b):
+        st = os.stat(p)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o400)
+    inode = os.stat(b).st_ino
+    Path(a).chmod(0o644)
+    assert push({a: b"one\n", b: binary}) == {a: "unchanged", b: "unchanged"}
+    assert mode(Path(a)) == 0o400, "an unchanged file still gets its mode back"
+    assert os.stat(b).st_ino == inode, "an unchanged file is not rewritten"
+    assert push({a: b"two\n", b: binary}) == {a: "changed", b: "unchanged"}
+    assert Path(a).read_bytes() == b"two\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["lemmy-db-password", "pictrs-api-key"], "no temporary left"
