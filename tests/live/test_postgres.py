@@ -38,7 +38,11 @@ from tests.live.netns import Network
 from tests.live.pg import PgLab, PgServer
 from tests.live.ssh import SshKeys, start_sshd
 
-pytestmark = pytest.mark.live
+pytestmark = [
+    pytest.mark.live,
+    # testinfra's paramiko connection does not know the test hosts' throwaway host key.
+    pytest.mark.filterwarnings("ignore:Unknown ssh-ed25519 host key:UserWarning"),
+]
 
 DBS = ("db1", "db2", "db3")
 UNUSED_ADDRESS = "10.232.0.99"  # on the bridge's subnet, but nobody has it
@@ -80,7 +84,8 @@ def live() -> Iterator[Live]:
             keys = SshKeys.create(workdir / "ssh")
             for name in DBS:
                 start_sshd(lab.hosts[name], keys, workdir / "ssh")
-            lab.init_primary(lab.server("db1"))
+            # log_connections (test-only) shows which authentication method each client used.
+            lab.init_primary(lab.server("db1"), log_connections=True)
             yield Live(lab, keys)
             lab.stop_all()
     finally:
@@ -228,6 +233,12 @@ def test_replicas_bootstrap_and_stream_without_exposing_the_password(live: Live)
     insert(live, "db1", range(1, 101))
     for name in ("db2", "db3"):
         assert_rows(live.srv(name), 100)
+    auth = re.findall(r'connection authenticated: identity="(\w+)" method=(\S+)', db1.log.read_text())
+    assert ("lemmy", "scram-sha-256") in auth and ("replicator", "scram-sha-256") in auth, (
+        f"expected lemmy and replicator to authenticate with scram-sha-256, got {sorted(set(auth))}"
+    )
+    methods = {m for who, m in auth if who in ("lemmy", "replicator")}
+    assert methods == {"scram-sha-256"}, f"expected lemmy and replicator only over scram-sha-256, got {methods}"
 
     leaks = world_readable_leaks(lab.workdir, secrets)
     assert not leaks, f"expected no world-readable file holding a password, got {leaks}"
@@ -346,6 +357,10 @@ def test_promote_replica_after_primary_crash(live: Live) -> None:
     assert not db2.in_recovery(), "db2: expected pg_is_in_recovery() = f after promotion, got t"
     got = db2.sql("SELECT string_agg(slot_name, ',' ORDER BY 1) FROM pg_replication_slots")
     assert got == "db1,db3", f"db2: expected slots db1,db3 after promote.sh --slots, got {got!r}"
+    again = lab.script(db2.host, "promote.sh", ["--host", str(db2.run_dir)])
+    assert again.returncode == 3 and "not a standby" in again.stderr, (
+        f"promote.sh on a primary: expected exit 3 'not a standby', got {again.returncode}: {again.stderr!r}"
+    )
 
     # regenerate + deploy: the cluster file now names db2 as primary; every machine gets its config.
     lab.cluster = pg.load_cluster(primary="db2")
@@ -430,6 +445,7 @@ def test_bootstrap_bad_input_leaves_nothing_behind(live: Live) -> None:
     assert re.search(r"No route to host|timeout|timed out|unreachable", r.stderr), (
         f"expected the cause, got {r.stderr!r}"
     )
+    print(f"unreachable primary: {r.stderr.strip()}")
 
     # A wrong password, against the current primary.
     wrong = scratch / "wrong-password"
@@ -440,6 +456,7 @@ def test_bootstrap_bad_input_leaves_nothing_behind(live: Live) -> None:
     assert r.returncode == 1, f"wrong password: expected exit 1, got {r.returncode}: {r.stderr}"
     assert "cannot reach the primary 10.232.0.32:5432" in r.stderr, f"expected the primary named, got {r.stderr!r}"
     assert 'password authentication failed for user "replicator"' in r.stderr, f"expected the cause, got {r.stderr!r}"
+    print(f"wrong password: {r.stderr.strip()}")
     got = live.srv("db2").sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'scratch'")
     assert got == "0", f"expected no slot created with a wrong password, got {got}"
 
@@ -458,37 +475,59 @@ def test_bootstrap_bad_input_leaves_nothing_behind(live: Live) -> None:
 # --------------------------------------------------------------------------- synchronous mode
 
 
-def test_synchronous_mode_loses_no_acknowledged_commit(live: Live) -> None:
+def build_cluster(live: Live, synchronous: bool) -> PgServer:
+    """A fresh db1 primary with db2 and db3 streaming; returns db1."""
     lab = live.lab
-    lab.reset(pg.load_cluster(synchronous=True))
+    lab.reset(pg.load_cluster(synchronous=synchronous))
     db1 = lab.server("db1")
     lab.init_primary(db1)
-    assert db1.settings["synchronous_standby_names"] == "ANY 1 (db2, db3)", f"got {db1.settings}"
     for name in ("db2", "db3"):
         srv = lab.server(name)
         ok(lab.bootstrap(srv), f"bootstrap-replica.sh on {name}")
         srv.write_config(lab.cluster)
         srv.start()
+    mode = "quorum" if synchronous else "async"
     sql = "SELECT string_agg(application_name || ':' || sync_state, ',' ORDER BY 1) FROM pg_stat_replication"
-    got = db1.wait_for(sql, "db2:quorum,db3:quorum")
-    assert got == "db2:quorum,db3:quorum", f"expected both standbys in the quorum, got {got!r}"
+    want = f"db2:{mode},db3:{mode}"
+    got = db1.wait_for(sql, want)
+    assert got == want, f"expected both standbys streaming as {mode}, got {got!r}"
     write(live, "db1", "CREATE TABLE items (id int PRIMARY KEY, note text)")
+    return db1
 
+
+def promote_most_advanced(live: Live) -> tuple[PgServer, set[int]]:
+    """Promote the standby that received the most WAL (what an operator does); return it and its ids."""
+    lab = live.lab
+    lsns = {n: live_lsn(lab.servers[n]) for n in ("db2", "db3")}
+    new = lab.servers[max(lsns, key=lambda n: lsns[n])]
+    ok(lab.script(new.host, "promote.sh", ["--host", str(new.run_dir), "--timeout", "30"]), f"promote.sh on {new.name}")
+    return new, {int(x) for x in new.sql("SELECT id FROM items", db="lemmy").split()}
+
+
+def live_lsn(srv: PgServer) -> int:
+    out = srv.sql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint")
+    return int(out or 0)
+
+
+def test_synchronous_mode_loses_no_acknowledged_commit(live: Live) -> None:
+    lab = live.lab
+    db1 = build_cluster(live, synchronous=True)
+    assert db1.settings["synchronous_standby_names"] == "ANY 1 (db2, db3)", f"got {db1.settings}"
+
+    # A writer commits rows one by one and records every id the primary acknowledged.
     acked: list[int] = []
     errors: list[str] = []
 
     def writer() -> None:
         conn = lab.lemmy_conninfo("db1")
         i = 0
-        while not errors:
+        while not errors and i < 5000:
             i += 1
             r = lab.client_psql(lab.hosts["app1"], conn, f"INSERT INTO items VALUES ({i}, 'sync')", timeout=20)
             if r.returncode == 0:
                 acked.append(i)
             else:
                 errors.append(r.stderr.strip())
-            if i > 5000:
-                break
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()
@@ -501,17 +540,30 @@ def test_synchronous_mode_loses_no_acknowledged_commit(live: Live) -> None:
     assert len(acked) >= 40, f"expected at least 40 acknowledged commits before the crash, got {len(acked)}: {errors}"
     assert errors, "expected the writer to see the crash"
 
-    # Promote the standby that received the most WAL (what an operator does; synth promote should too).
-    lsns = {n: live_lsn(lab.servers[n]) for n in ("db2", "db3")}
-    best = max(lsns, key=lambda n: lsns[n])
-    new = lab.servers[best]
-    ok(lab.script(new.host, "promote.sh", ["--host", str(new.run_dir), "--timeout", "30"]), f"promote.sh on {best}")
-    present = {int(x) for x in new.sql("SELECT id FROM items", db="lemmy").split()}
+    new, present = promote_most_advanced(live)
     lost = sorted(set(acked) - present)
-    print(f"synchronous: {len(acked)} acknowledged, {len(present)} present on {best}, lost {len(lost)}")
-    assert not lost, f"expected every acknowledged id on {best}, got {len(lost)} lost: {lost[:20]}"
+    print(f"synchronous: {len(acked)} acknowledged, {len(present)} present on {new.name}, lost {len(lost)}")
+    assert not lost, f"expected every acknowledged id on {new.name}, got {len(lost)} lost: {lost[:20]}"
 
 
-def live_lsn(srv: PgServer) -> int:
-    out = srv.sql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint")
-    return int(out or 0)
+def test_asynchronous_mode_can_lose_acknowledged_commits(live: Live) -> None:
+    """The contrast: without synchronous mode, commits the primary acknowledged while its standbys
+    were cut off are gone after a failover (with it, those commits would not have been acknowledged)."""
+    lab = live.lab
+    db1 = build_cluster(live, synchronous=False)
+    insert(live, "db1", range(1, 11))
+    caught_up(db1, [lab.servers["db2"], lab.servers["db3"]])
+    for name in ("db2", "db3"):
+        lab.hosts[name].link(False)
+    try:
+        insert(live, "db1", range(11, 31))  # acknowledged by the primary alone
+        db1.kill9()
+    finally:
+        for name in ("db2", "db3"):
+            lab.hosts[name].link(True)
+    new, present = promote_most_advanced(live)
+    lost = sorted(set(range(1, 31)) - present)
+    print(f"asynchronous: 30 acknowledged, {len(present)} present on {new.name}, lost {len(lost)}")
+    assert present == set(range(1, 11)), (
+        f"expected exactly the 10 rows from before the cut on {new.name}, got {sorted(present)}"
+    )
