@@ -305,12 +305,14 @@ def diagram(cluster_file: Path, fmt: str, output: Path | None) -> None:
 def _add_operations_commands() -> None:
     # The modules import only click (their work is imported inside the commands): --help stays fast.
     from synth.commands.deploy import deploy
+    from synth.commands.promote import promote
     from synth.commands.secrets import secrets
     from synth.commands.verify import verify
 
     main.add_command(secrets)
     main.add_command(verify)
     main.add_command(deploy)
+    main.add_command(promote)
 
 
 _add_operations_commands()

@@ -169,3 +169,29 @@ def test_readme_diagram_is_current() -> None:
     assert (ROOT / "docs" / "cluster-small.svg").read_text() == svg(load(EXAMPLES / "small.toml")), (
         "regenerate with `synth diagram examples/small.toml -o docs/cluster-small.svg`"
     )
+
+
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [
+        ("db1", "postgres.primary: db1 is already the primary; nothing to do"),
+        ("fe1", "machines.fe1: fe1 has no postgres role: only a replica can be promoted"),
+        ("db7", "machines.db7: no machine named 'db7'"),
+    ],
+)
+def test_promote_refusals(workdir: Path, machine: str, expected: str) -> None:
+    before = snapshot(workdir)
+    code, _, err = run("promote", machine, "--cluster", str(workdir / "cluster.toml"))
+    assert code == 1
+    assert expected in err, err
+    assert snapshot(workdir) == before
+
+
+def test_promote_refuses_an_unreachable_replica(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    toml.write_text(toml.read_text().replace('address = "10.0.0.31"', 'address = "192.0.2.31"'))  # TEST-NET: nobody
+    before = snapshot(workdir)
+    code, _, err = run("promote", "db2", "--cluster", str(toml), "-o", "ConnectTimeout=1")
+    assert code == 1
+    assert "db2 is not a healthy replica" in err and "nothing was changed" in err, err
+    assert snapshot(workdir) == before
