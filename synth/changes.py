@@ -12,7 +12,7 @@ from typing import Any
 
 from synth import generate, order
 from synth.model import Cluster
-from synth.render import render_files
+from synth.render import HEADER_MARK, render_files
 
 
 @dataclass(frozen=True)
@@ -43,25 +43,52 @@ def _machine_of(rel: str) -> str | None:
     return parts[1] if len(parts) == 3 and parts[0] == "hosts" else None
 
 
-def _unified(out: Path, rel: str, new: str | None) -> str:
-    path = out / rel
-    old = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+def _unified(rel: str, old: str | None, new: str | None) -> str:
     lines = difflib.unified_diff(
-        old.splitlines(keepends=True),
+        (old or "").splitlines(keepends=True),
         (new or "").splitlines(keepends=True),
-        fromfile=f"a/{rel}" if path.exists() else "/dev/null",
+        fromfile=f"a/{rel}" if old is not None else "/dev/null",
         tofile=f"b/{rel}" if new is not None else "/dev/null",
     )
     return "".join(lines)
 
 
-def compute(c: Cluster, source: str, out: Path) -> Plan:
+def files_at_revision(out: Path, rev: str) -> dict[str, str]:
+    """The generated files under OUT/hosts as committed at git revision REV ({rel: text})."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=out, capture_output=True, text=True, check=True).stdout
+
+    prefix = git("rev-parse", "--show-prefix").strip()
+    names = git("ls-tree", "-r", "--name-only", rev, "--", "hosts").splitlines()
+    old: dict[str, str] = {}
+    for name in names:
+        rel = name[len(prefix) :] if prefix and name.startswith(prefix) else name
+        if rel.endswith(".nix"):
+            text = git("show", f"{rev}:{name}")
+            if text.startswith(HEADER_MARK):
+                old[rel] = text
+    return old
+
+
+def compute(c: Cluster, source: str, out: Path, old: dict[str, str] | None = None) -> Plan:
+    """Compare what `generate` would write with the files on disk, or with OLD ({rel: text})."""
     files = render_files(c, Path(source).name)
-    ch = generate.diff(out, files, source)
     p = Plan()
-    for status, rels in (("added", ch.added), ("changed", ch.changed), ("removed", ch.removed)):
-        for rel in rels:
-            p.files.append(FileChange(rel, status, _unified(out, rel, files.get(rel))))
+    if old is None:
+        ch = generate.diff(out, files, source)
+        for status, rels in (("added", ch.added), ("changed", ch.changed), ("removed", ch.removed)):
+            for rel in rels:
+                before = (out / rel).read_text(encoding="utf-8", errors="replace") if status != "added" else None
+                p.files.append(FileChange(rel, status, _unified(rel, before, files.get(rel))))
+    else:
+        for rel in sorted(set(files) | set(old)):
+            before, after = old.get(rel), files.get(rel)
+            if before == after:
+                continue
+            status = "added" if before is None else "removed" if after is None else "changed"
+            p.files.append(FileChange(rel, status, _unified(rel, before, after)))
     p.files.sort(key=lambda f: f.path)
     touched = {m for f in p.files if (m := _machine_of(f.path)) is not None}
     p.redeploy = [m for m in c.machines if m in touched]

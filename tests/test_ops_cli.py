@@ -195,3 +195,33 @@ def test_promote_refuses_an_unreachable_replica(workdir: Path) -> None:
     assert code == 1
     assert "db2 is not a healthy replica" in err and "nothing was changed" in err, err
     assert snapshot(workdir) == before
+
+
+def test_plan_since_git_revision(workdir: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.email=t@example.org", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "empty")
+    git("add", "-A")
+    git("-c", "user.email=t@example.org", "-c", "user.name=t", "commit", "-q", "-m", "cluster")
+    toml = workdir / "cluster.toml"
+    code, _, err = run("add-machine", "db3", "--role", "postgres", "--address", "10.0.0.32", "--cluster", str(toml))
+    assert code == 0, err
+    code, out, _ = run("plan", str(toml))
+    assert out.startswith("No changes: hosts/ matches"), "add-machine regenerated hosts/ already"
+    code, out, _ = run("plan", str(toml), "--since", "HEAD", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert {f["path"]: f["status"] for f in data["files"]}["hosts/db3/default.nix"] == "added"
+    assert data["redeploy"] == ["app1", "db1", "db2", "db3"]
+    assert [b["stage"] for b in data["batches"]] == [
+        "postgres-primary",
+        "postgres-replicas",
+        "postgres-replicas",
+        "pictrs",
+    ]
+    code, _, err = run("plan", str(toml), "--since", "no-such-rev")
+    assert code == 1 and "--since: cannot read no-such-rev with git" in err
