@@ -525,8 +525,12 @@ class PgLab:
         ]
 
     def bootstrap(self, srv: PgServer, cluster: Cluster | None = None) -> subprocess.CompletedProcess[str]:
-        """lemmy-cluster-pg-bootstrap: bootstrap-replica.sh with the replication password file."""
+        """lemmy-cluster-pg-bootstrap: bootstrap-replica.sh with the replication password file.
+
+        Like the unit, with --wait-for-primary (retry every 10 s while the primary is not ready).
+        """
         args = [*self.bootstrap_args(srv, cluster), "--password-file", str(self.replication_password_file)]
+        args.append("--wait-for-primary")
         return self.script(srv.host, "bootstrap-replica.sh", args)
 
     def client_psql(self, host: Host, conninfo: str, sql: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

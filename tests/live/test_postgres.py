@@ -472,6 +472,34 @@ def test_bootstrap_bad_input_leaves_nothing_behind(live: Live) -> None:
     assert left == ["c", "wrong-password"], f"expected no data dir and no temp dir left behind, got {left}"
 
 
+# --------------------------------------------------------------------------- fresh clusters
+
+
+def test_replica_boot_waits_for_its_primary(live: Live) -> None:
+    """A replica that boots before its primary: the bootstrap unit (--wait-for-primary) retries."""
+    lab = live.lab
+    lab.reset(pg.load_cluster())
+    db1, db2 = lab.server("db1"), lab.server("db2")
+    result: list[subprocess.CompletedProcess[str]] = []
+    t = threading.Thread(target=lambda: result.append(lab.bootstrap(db2)), daemon=True)
+    t.start()
+    time.sleep(1)  # the first attempt finds nobody listening on db1
+    assert t.is_alive(), f"expected the bootstrap to wait for db1, got it finished: {result}"
+    lab.init_primary(db1)
+    t.join(timeout=60)
+    assert result, "expected the bootstrap to finish within 60 s of the primary coming up"
+    out = ok(result[0], "bootstrap-replica.sh --wait-for-primary")
+    assert re.search(
+        r"primary 10.232.0.31:5432 not ready \(.*Connection refused.*\); trying again", result[0].stderr
+    ), f"expected a 'not ready ... trying again' message naming the cause, got {result[0].stderr!r}"
+    assert "is now a standby of 10.232.0.31:5432" in out, f"expected the success message, got {out!r}"
+    db2.write_config(lab.cluster)
+    db2.start()
+    assert db2.in_recovery(), "db2: expected pg_is_in_recovery() = t, got f"
+    got = db1.wait_for("SELECT active FROM pg_replication_slots WHERE slot_name = 'db2'", "t")
+    assert got == "t", f"db1: expected slot db2 active, got {got!r}"
+
+
 # --------------------------------------------------------------------------- synchronous mode
 
 
