@@ -35,6 +35,8 @@
           pydantic
           click
           tomlkit
+          paramiko
+          pytest-testinfra
           pytest
           hypothesis
         ];
@@ -71,6 +73,8 @@
             pydantic
             click
             tomlkit
+            paramiko
+            pytest-testinfra
           ];
           pythonImportsCheck = [ "synth.cli" ];
           meta.mainProgram = "synth";

@@ -62,6 +62,14 @@ class PostgresSection(_Strict):
 
 class BackendSection(_Strict):
     pool_size: int = Field(default=30, ge=2, le=1000)
+    # The one backend whose lemmy_server runs the scheduled tasks (default: the first backend).
+    # A list is accepted only to explain that exactly one process may run them.
+    scheduled_tasks: str | list[str] | None = None
+    # Backends that send outgoing federation, one shard each (default: every backend).
+    federation_senders: list[str] | None = None
+    # "inline": the sender shard runs inside the backend's lemmy_server; "dedicated": in a second
+    # process (lemmy-federate) on the same machine, so sending never competes with the API.
+    federation_process: Literal["inline", "dedicated"] = "inline"
 
 
 class SecretsSection(_Strict):
@@ -305,6 +313,67 @@ def check(c: Cluster) -> list[Problem]:
     return sorted(p)
 
 
+def scheduled_tasks_machine(c: Cluster) -> str | None:
+    """The backend that runs Lemmy's scheduled tasks (exactly one process of the cluster)."""
+    chosen = c.backend.scheduled_tasks
+    if isinstance(chosen, str):
+        return chosen
+    backends = c.machines_with("backend")
+    return backends[0] if chosen is None and backends else None
+
+
+def federation_senders(c: Cluster) -> list[str]:
+    """The backends that send outgoing federation, in file order: shard i is the i-th of them."""
+    chosen = c.backend.federation_senders
+    backends = c.machines_with("backend")
+    if chosen is None:
+        return backends
+    return [b for b in backends if b in chosen]
+
+
+def _check_backend_section(c: Cluster) -> list[Problem]:
+    p: list[Problem] = []
+    backends = c.machines_with("backend")
+    chosen = c.backend.scheduled_tasks
+    if isinstance(chosen, list):
+        p.append(
+            Problem(
+                "backend.scheduled_tasks",
+                "exactly one Lemmy process may run the scheduled tasks (Lemmy has no lock: two would "
+                "run every task twice); name one backend, e.g. scheduled_tasks = "
+                f"{(chosen[0] if chosen else (backends[0] if backends else 'app1'))!r}",
+            )
+        )
+    elif chosen is not None and chosen not in backends:
+        hint = _did_you_mean(chosen, backends)
+        p.append(
+            Problem(
+                "backend.scheduled_tasks",
+                f"{chosen!r} is not a machine with role 'backend'; {hint}backends: {', '.join(backends) or 'none'}",
+            )
+        )
+    senders = c.backend.federation_senders
+    if senders is not None:
+        if not senders:
+            p.append(
+                Problem(
+                    "backend.federation_senders",
+                    "empty: nobody would send outgoing federation; name at least one backend, or remove the key "
+                    "(every backend sends a shard)",
+                )
+            )
+        seen: set[str] = set()
+        for i, name in enumerate(senders):
+            where = dotted(("backend", "federation_senders", i))
+            if name in seen:
+                p.append(Problem(where, f"{name!r} is listed twice: each federation shard must run exactly once"))
+            elif name not in backends:
+                hint = _did_you_mean(name, backends)
+                p.append(Problem(where, f"{name!r} is not a machine with role 'backend'; {hint}".rstrip("; ")))
+            seen.add(name)
+    return p
+
+
 def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
     p: list[Problem] = []
     public: dict[str, str] = {}
@@ -409,18 +478,19 @@ def _check_roles(c: Cluster) -> list[Problem]:
         )
     if not c.machines_with("frontend"):
         p.append(Problem("machines", "no machine has role 'frontend'; give at least one machine the frontend role"))
-    for role in ("backend", "pictrs"):
-        have = c.machines_with(role)
-        if len(have) != 1:
-            got = f"{len(have)} ({', '.join(have)})" if have else "none"
-            p.append(
-                Problem(
-                    "machines",
-                    f"exactly one machine must have role {role!r}, found {got}; running several "
-                    f"{role} machines is not supported yet (scale-out of the backend and pict-rs "
-                    "is planned)",
-                )
+    if not c.machines_with("backend"):
+        p.append(Problem("machines", "no machine has role 'backend'; give at least one machine the backend role"))
+    pictrs = c.machines_with("pictrs")
+    if len(pictrs) != 1:
+        got = f"{len(pictrs)} ({', '.join(pictrs)})" if pictrs else "none"
+        p.append(
+            Problem(
+                "machines",
+                f"exactly one machine must have role 'pictrs', found {got}; several pict-rs machines "
+                "need shared storage (a Postgres repository and object storage), which is planned",
             )
+        )
+    p += _check_backend_section(c)
     if pg.synchronous and len(c.machines_with("postgres")) < 2:
         p.append(
             Problem(
@@ -428,13 +498,17 @@ def _check_roles(c: Cluster) -> list[Problem]:
                 "needs at least one replica (a second 'postgres' machine); with none, every commit would wait forever",
             )
         )
-    pools = len(c.machines_with("backend")) * c.backend.pool_size
+    processes = len(c.machines_with("backend")) + (
+        len(federation_senders(c)) if c.backend.federation_process == "dedicated" else 0
+    )
+    pools = processes * c.backend.pool_size
     if pools + 10 > pg.max_connections:
         p.append(
             Problem(
                 "backend.pool_size",
-                f"the backends' pools need {pools} connections plus 10 reserved, more than "
-                f"postgres.max_connections = {pg.max_connections}; lower pool_size or raise max_connections",
+                f"{processes} Lemmy process{'es' if processes != 1 else ''} with pool_size = {c.backend.pool_size} "
+                f"need {pools} connections plus 10 reserved, more than postgres.max_connections = "
+                f"{pg.max_connections}; lower pool_size or raise max_connections",
             )
         )
     return p

@@ -3,7 +3,8 @@
 1. the PostgreSQL primary (a replica clones it; backends run migrations against it),
 2. the PostgreSQL replicas,
 3. pict-rs,
-4. the backend (its start runs Lemmy's migrations against the primary),
+4. the backends (the first to start runs Lemmy's migrations against the primary), in batches of at
+   most half of them, so that the API keeps answering,
 5. the frontends, in batches of at most half of them, so that at least one always serves.
 
 A machine with several roles is deployed in the stage of its earliest role. Pure: no I/O.
@@ -39,16 +40,16 @@ def stage_of(c: Cluster, name: str) -> str:
     return "frontends"
 
 
-def frontend_batch_size(total_frontends: int) -> int:
-    """At most half of the frontends at once (one at a time for two or three)."""
-    return max(1, total_frontends // 2)
+def half_batch_size(total: int) -> int:
+    """At most half of a role's machines at once (one at a time for two or three)."""
+    return max(1, total // 2)
 
 
 def batches(c: Cluster, only: Iterable[str] | None = None) -> list[Batch]:
     """The deployment batches for the machines ONLY (default: all), in order.
 
-    Frontend batches are sized against all frontends of the cluster, so deploying a subset never
-    takes down more than half of the serving frontends.
+    Frontend and backend batches are sized against all machines of that role in the cluster, so
+    deploying a subset never takes down more than half of them.
     """
     wanted = set(c.machines) if only is None else set(only)
     unknown = wanted - set(c.machines)
@@ -63,8 +64,8 @@ def batches(c: Cluster, only: Iterable[str] | None = None) -> list[Batch]:
         names = by_stage[stage]
         if not names:
             continue
-        if stage == "frontends":
-            size = frontend_batch_size(len(c.machines_with("frontend")))
+        if stage in ("frontends", "backend"):
+            size = half_batch_size(len(c.machines_with(stage.rstrip("s"))))
             out += [Batch(stage, tuple(names[i : i + size])) for i in range(0, len(names), size)]
         elif stage == "postgres-replicas":
             # One replica at a time: the others keep the standby count up while one restarts.

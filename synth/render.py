@@ -75,7 +75,11 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "siteName": cl.site_name or cl.name,
             },
             "scheduledTasks": be.scheduled_tasks,
-            "federation": {"index": be.federation_index, "count": be.federation_count},
+            "federation": (
+                {"sending": be.federation_sending, "index": be.federation_index, "count": be.federation_count}
+                if be.federation_sending != "off"
+                else {"sending": "off"}
+            ),
             "allowedClients": list(be.clients),
         }
     if h.pictrs:

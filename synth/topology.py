@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from synth.model import Cluster
+from synth.model import Cluster, federation_senders, scheduled_tasks_machine
 
 # Ports of the services, the same defaults as the role modules in modules/.
 BACKEND_PORT = 8536
@@ -65,7 +65,9 @@ class BackendPlan:
     pictrs_url: str
     clients: list[str]
     scheduled_tasks: bool
-    federation_index: int
+    # "inline" (in lemmy_server), "dedicated" (a lemmy-federate process) or "off" (not a sender)
+    federation_sending: str
+    federation_index: int  # 1..federation_count for a sender, 0 otherwise
     federation_count: int
     pool_size: int
 
@@ -124,6 +126,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
         return {k: f"{base}/{SECRET_FILES[k]}" for k in SECRET_FILES if k in need}
 
     acme = c.cluster.tls == "acme"
+    scheduler = scheduled_tasks_machine(c)
+    senders = federation_senders(c)
     backups_of = ui_backups(frontends)
     backed_up_by: dict[str, list[str]] = {f: [] for f in frontends}
     for f in frontends:  # file order, so each list is in file order too
@@ -146,14 +150,17 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             )
             talks_to.update(backends, backups, backed_up, acme_peers)
         if "backend" in roles:
-            index = backends.index(name) + 1
+            sender = name in senders
             be = BackendPlan(
-                database_hosts=[addr[primary]],
+                # Every PostgreSQL machine, the primary first: the connection goes to the one that
+                # accepts writes, so a promoted replica is found without a redeploy.
+                database_hosts=[addr[primary]] + [addr[r] for r in replicas],
                 pictrs_url=f"http://{hostport(addr[pictrs[0]], PICTRS_PORT)}/",
                 clients=[addr[f] for f in frontends if f != name],
-                scheduled_tasks=index == 1,
-                federation_index=index,
-                federation_count=len(backends),
+                scheduled_tasks=name == scheduler,
+                federation_sending=c.backend.federation_process if sender else "off",
+                federation_index=senders.index(name) + 1 if sender else 0,
+                federation_count=len(senders),
                 pool_size=c.backend.pool_size,
             )
             talks_to.update(frontends, pictrs, pgs)

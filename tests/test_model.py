@@ -160,14 +160,38 @@ def test_no_frontend() -> None:
     assert "machines: no machine has role 'frontend'" in msg, msg
 
 
-def test_not_exactly_one_backend_and_pictrs() -> None:
-    got = problems(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "backend", "pictrs"]'))
-    assert len(got) == 2, got
-    assert "exactly one machine must have role 'backend', found 2 (fe1, app1)" in got[0] + got[1]
-    assert "scale-out of the backend and pict-rs is planned" in got[0]
+def test_backends_and_pictrs_count() -> None:
+    # Several backends are fine (issue: scale-out); several pict-rs need shared storage.
+    parse(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "backend"]'))
+    msg = one(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "pictrs"]'))
+    assert "exactly one machine must have role 'pictrs', found 2 (fe1, app1)" in msg, msg
+    assert "need shared storage" in msg
     got = problems(BASE.replace('roles = ["backend", "pictrs"]', 'roles = ["frontend"]'))
-    assert any("role 'backend', found none" in g for g in got), got
+    assert any("no machine has role 'backend'" in g for g in got), got
     assert any("role 'pictrs', found none" in g for g in got), got
+
+
+TWO_BACKENDS = BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "backend"]')
+
+
+def test_scheduled_tasks_exactly_one_process() -> None:
+    msg = one(TWO_BACKENDS + '\n[backend]\nscheduled_tasks = ["fe1", "app1"]\n')
+    assert msg.startswith("c.toml: backend.scheduled_tasks: exactly one Lemmy process may run the scheduled tasks"), msg
+    assert "scheduled_tasks = 'fe1'" in msg
+    msg = one(TWO_BACKENDS + '\n[backend]\nscheduled_tasks = "db1"\n')
+    assert "backend.scheduled_tasks: 'db1' is not a machine with role 'backend'" in msg, msg
+    parse(TWO_BACKENDS + '\n[backend]\nscheduled_tasks = "app1"\n')
+
+
+def test_federation_senders_each_shard_once() -> None:
+    msg = one(TWO_BACKENDS + '\n[backend]\nfederation_senders = ["app1", "app1"]\n')
+    assert "backend.federation_senders[1]: 'app1' is listed twice: each federation shard must run exactly once" in msg
+    msg = one(TWO_BACKENDS + "\n[backend]\nfederation_senders = []\n")
+    assert "backend.federation_senders: empty: nobody would send outgoing federation" in msg, msg
+    msg = one(TWO_BACKENDS + '\n[backend]\nfederation_senders = ["apps1"]\n')
+    assert "backend.federation_senders[0]: 'apps1' is not a machine with role 'backend'; did you mean 'app1'?" in msg
+    msg = one(TWO_BACKENDS + '\n[backend]\nfederation_process = "separate"\n')
+    assert "backend.federation_process: invalid value 'separate'; expected one of 'inline' or 'dedicated'" in msg, msg
 
 
 @pytest.mark.parametrize("domain", ["localhost", "Lemmy.Example.org", "10.0.0.1", "a..b", "lemmy.example.org."])
@@ -214,7 +238,12 @@ def test_synchronous_needs_a_replica() -> None:
 
 def test_pool_size_must_fit_max_connections() -> None:
     msg = one(BASE.replace("version = 17", "version = 17\nmax_connections = 30") + "\n[backend]\npool_size = 30\n")
-    assert "backend.pool_size: the backends' pools need 30 connections plus 10 reserved" in msg, msg
+    assert "backend.pool_size: 1 Lemmy process with pool_size = 30 need 30 connections plus 10 reserved" in msg, msg
+    # Dedicated federation senders are processes with pools of their own.
+    text = TWO_BACKENDS.replace("version = 17", "version = 17\nmax_connections = 100")
+    parse(text + "\n[backend]\npool_size = 40\n")  # 2 x 40 + 10 <= 100
+    msg = one(text + '\n[backend]\npool_size = 40\nfederation_process = "dedicated"\n')
+    assert "4 Lemmy processes with pool_size = 40 need 160 connections" in msg, msg
 
 
 def test_site_name_and_admin_username_limits() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synth.model import load
-from synth.order import batches, frontend_batch_size
+from synth.order import batches, half_batch_size
 from tests.conftest import EXAMPLES
 
 
@@ -30,6 +30,7 @@ def test_large_order_batches_half_the_frontends() -> None:
         ("postgres-replicas", ("db3",)),
         ("pictrs", ("media1",)),
         ("backend", ("api1",)),
+        ("backend", ("api2",)),
         ("frontends", ("edge1", "edge2")),
         ("frontends", ("edge3", "edge4")),
     ]
@@ -53,5 +54,5 @@ def test_unknown_machine() -> None:
 
 @pytest.mark.parametrize(("n", "size"), [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (9, 4)])
 def test_batch_size_leaves_half_serving(n: int, size: int) -> None:
-    assert frontend_batch_size(n) == size
+    assert half_batch_size(n) == size
     assert n == 1 or n - size >= 1, "at least one frontend keeps serving"

@@ -22,13 +22,54 @@ def test_frontends_know_backends_and_each_other() -> None:
     assert fe1.ui_clients == ["10.0.0.11"]
 
 
-def test_backend_points_at_primary_and_pictrs() -> None:
+def test_backend_points_at_every_database_and_pictrs() -> None:
     be = small()["app1"].backend
     assert be is not None
-    assert be.database_hosts == ["10.0.0.30"]
+    assert be.database_hosts == ["10.0.0.30", "10.0.0.31"], "primary first, then replicas: follows a promotion"
     assert be.pictrs_url == "http://10.0.0.20:8080/"
     assert be.clients == ["10.0.0.10", "10.0.0.11"]
-    assert (be.scheduled_tasks, be.federation_index, be.federation_count) == (True, 1, 1)
+    assert (be.scheduled_tasks, be.federation_sending, be.federation_index, be.federation_count) == (
+        True,
+        "inline",
+        1,
+        1,
+    )
+
+
+def test_scheduled_tasks_and_shards_over_backends() -> None:
+    p = plan(load(EXAMPLES / "large.toml"))
+    api1, api2 = p["api1"].backend, p["api2"].backend
+    assert api1 is not None and api2 is not None
+    assert (api1.scheduled_tasks, api2.scheduled_tasks) == (True, False)
+    assert (api1.federation_sending, api2.federation_sending) == ("dedicated", "dedicated")
+    assert [(b.federation_index, b.federation_count) for b in (api1, api2)] == [(1, 2), (2, 2)]
+
+
+def test_shards_only_on_senders_and_scheduler_choice() -> None:
+    text = (
+        (EXAMPLES / "large.toml")
+        .read_text()
+        .replace('scheduled_tasks = "api1"', 'scheduled_tasks = "api2"\nfederation_senders = ["api2"]')
+    )
+    p = plan(parse(text))
+    api1, api2 = p["api1"].backend, p["api2"].backend
+    assert api1 is not None and api2 is not None
+    assert (api1.scheduled_tasks, api2.scheduled_tasks) == (False, True)
+    assert (api1.federation_sending, api1.federation_index) == ("off", 0)
+    assert (api2.federation_sending, api2.federation_index, api2.federation_count) == ("dedicated", 1, 1)
+
+
+def test_invariants_hold_for_any_backend_count() -> None:
+    """Exactly one process runs scheduled tasks; every shard 1..n runs exactly once."""
+    base = (EXAMPLES / "small.toml").read_text().replace("version = 17", "version = 17\nmax_connections = 1000")
+    for n in range(1, 7):
+        extra = "".join(f'\n[machines.api{i}]\naddress = "10.0.2.{i}"\nroles = ["backend"]\n' for i in range(n))
+        p = plan(parse(base + extra))
+        bes = [h.backend for h in p.values() if h.backend is not None]
+        assert sum(b.scheduled_tasks for b in bes) == 1
+        shards = sorted(b.federation_index for b in bes if b.federation_sending != "off")
+        assert shards == list(range(1, len(bes) + 1))
+        assert {b.federation_count for b in bes} == {len(bes)}
 
 
 def test_pictrs_only_open_to_other_backends() -> None:

@@ -40,7 +40,63 @@ let
   dbHosts = lib.concatMapStringsSep "," (h: hostPort h cfg.database.port) cfg.database.hosts;
   # With several PostgreSQL hosts the driver tries them in order and keeps the one that accepts
   # writes, so the backend follows a promoted replica without a redeploy.
-  dbParams = lib.optionalString (lib.length cfg.database.hosts > 1) "target_session_attrs=read-write";
+  # A dead host (a crashed primary drops packets) must not hang a new connection for minutes.
+  dbParams = lib.concatStringsSep "&" (
+    [ "connect_timeout=${toString cfg.database.connectTimeout}" ]
+    ++ lib.optional (lib.length cfg.database.hosts > 1) "target_session_attrs=read-write"
+  );
+
+  sending = cfg.federation.sending;
+
+  # lemmy_server and (with sending = "dedicated") the lemmy-federate process share everything
+  # but their switches and their runtime folder.
+  lemmyUnit =
+    {
+      description,
+      runtimeDirectory,
+      switches,
+    }:
+    {
+      inherit description;
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      path = [ pkgs.jq ];
+      environment = {
+        LEMMY_CONFIG_LOCATION = "/run/${runtimeDirectory}/config.hjson";
+        LEMMY_CLUSTER_DB_USER = cfg.database.user;
+        LEMMY_CLUSTER_DB_HOSTS = dbHosts;
+        LEMMY_CLUSTER_DB_NAME = cfg.database.name;
+        LEMMY_CLUSTER_DB_PARAMS = dbParams;
+      }
+      // switches;
+      serviceConfig = {
+        DynamicUser = true;
+        RuntimeDirectory = runtimeDirectory;
+        RuntimeDirectoryMode = "0700";
+        LoadCredential = [
+          "db-password:${cfg.database.passwordFile}"
+          "pictrs-api-key:${cfg.pictrsApiKeyFile}"
+          "admin-password:${cfg.setup.adminPasswordFile}"
+        ];
+        ExecStartPre = "${pkgs.bash}/bin/bash ${./write-config.sh} ${templateFile} /run/${runtimeDirectory}/config.hjson %d";
+        ExecStart = "${lib.getBin cfg.package}/bin/lemmy_server";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        PrivateTmp = true;
+        NoNewPrivileges = true;
+        MemoryDenyWriteExecute = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+      };
+    };
+
+  shard = {
+    LEMMY_FEDERATE_PROCESS_INDEX = toString cfg.federation.index;
+    LEMMY_FEDERATE_PROCESS_COUNT = toString cfg.federation.count;
+  };
+  # Lemmy's switches are clap flags read from the environment: set only the ones that are on.
+  on = name: { ${name} = "true"; };
 in
 {
   options.services.lemmy-cluster.backend = {
@@ -91,6 +147,11 @@ in
         example = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
         description = "File holding the database role's password (read at start; never in the store).";
       };
+      connectTimeout = mkOption {
+        type = types.ints.positive;
+        default = 10;
+        description = "Seconds to wait for a PostgreSQL host before trying the next one.";
+      };
       poolSize = mkOption {
         type = types.ints.between 2 1000;
         default = 30;
@@ -131,10 +192,23 @@ in
       description = "Run Lemmy's scheduled tasks here. Exactly one backend of a cluster must.";
     };
     federation = {
+      sending = mkOption {
+        type = types.enum [
+          "inline"
+          "dedicated"
+          "off"
+        ];
+        default = "inline";
+        description = ''
+          Outgoing federation on this machine: `inline` in lemmy_server, `dedicated` in a second
+          process (lemmy-federate.service: no HTTP server, no scheduled tasks), or `off` (another
+          backend sends). Every shard index of the cluster must be sent by exactly one machine.
+        '';
+      };
       index = mkOption {
-        type = types.ints.positive;
+        type = types.ints.unsigned;
         default = 1;
-        description = "This process's outgoing-federation shard (1..count); each index must run exactly once.";
+        description = "This machine's outgoing-federation shard (1..count) when it sends.";
       };
       count = mkOption {
         type = types.ints.positive;
@@ -153,8 +227,8 @@ in
   config = lib.mkIf (top.enable && cfg.enable) {
     assertions = [
       {
-        assertion = cfg.federation.index <= cfg.federation.count;
-        message = "services.lemmy-cluster.backend.federation.index (${toString cfg.federation.index}) must be between 1 and federation.count (${toString cfg.federation.count}).";
+        assertion = sending == "off" || (cfg.federation.index >= 1 && cfg.federation.index <= cfg.federation.count);
+        message = "services.lemmy-cluster.backend.federation.index (${toString cfg.federation.index}) must be between 1 and federation.count (${toString cfg.federation.count}) on a machine that sends.";
       }
       {
         assertion = lib.all (f: !(lib.hasPrefix "/nix/store" f)) [
@@ -170,40 +244,21 @@ in
       }
     ];
 
-    systemd.services.lemmy = {
-      description = "Lemmy backend (lemmy-cluster ${top.clusterName})";
-      wantedBy = [ "multi-user.target" ];
-      after = [ "network-online.target" ];
-      wants = [ "network-online.target" ];
-      path = [ pkgs.jq ];
-      environment = {
-        LEMMY_CONFIG_LOCATION = "/run/lemmy/config.hjson";
-        LEMMY_FEDERATE_PROCESS_INDEX = toString cfg.federation.index;
-        LEMMY_FEDERATE_PROCESS_COUNT = toString cfg.federation.count;
-        LEMMY_CLUSTER_DB_USER = cfg.database.user;
-        LEMMY_CLUSTER_DB_HOSTS = dbHosts;
-        LEMMY_CLUSTER_DB_NAME = cfg.database.name;
-        LEMMY_CLUSTER_DB_PARAMS = dbParams;
-      }
-      // lib.optionalAttrs (!cfg.scheduledTasks) { LEMMY_DISABLE_SCHEDULED_TASKS = "true"; };
-      serviceConfig = {
-        DynamicUser = true;
-        RuntimeDirectory = "lemmy";
-        RuntimeDirectoryMode = "0700";
-        LoadCredential = [
-          "db-password:${cfg.database.passwordFile}"
-          "pictrs-api-key:${cfg.pictrsApiKeyFile}"
-          "admin-password:${cfg.setup.adminPasswordFile}"
-        ];
-        ExecStartPre = "${pkgs.bash}/bin/bash ${./write-config.sh} ${templateFile} /run/lemmy/config.hjson %d";
-        ExecStart = "${lib.getBin cfg.package}/bin/lemmy_server";
-        Restart = "on-failure";
-        RestartSec = "5s";
-        PrivateTmp = true;
-        NoNewPrivileges = true;
-        MemoryDenyWriteExecute = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
+    systemd.services = {
+      lemmy = lemmyUnit {
+        description = "Lemmy backend (lemmy-cluster ${top.clusterName})";
+        runtimeDirectory = "lemmy";
+        switches =
+          lib.optionalAttrs (!cfg.scheduledTasks) (on "LEMMY_DISABLE_SCHEDULED_TASKS")
+          // (if sending == "inline" then shard else on "LEMMY_DISABLE_ACTIVITY_SENDING");
+      };
+    }
+    // lib.optionalAttrs (sending == "dedicated") {
+      # Outgoing federation in its own process: no HTTP server, no scheduled tasks, one shard.
+      lemmy-federate = lemmyUnit {
+        description = "Lemmy federation sender, shard ${toString cfg.federation.index}/${toString cfg.federation.count} (lemmy-cluster ${top.clusterName})";
+        runtimeDirectory = "lemmy-federate";
+        switches = on "LEMMY_DISABLE_HTTP_SERVER" // on "LEMMY_DISABLE_SCHEDULED_TASKS" // shard;
       };
     };
 

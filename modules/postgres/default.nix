@@ -220,6 +220,8 @@ in
       authentication = lib.concatStrings (
         map (a: "host ${cfg.database} ${cfg.user} ${cidr a} scram-sha-256\n") cfg.allowedClients
         ++ map (a: "host replication ${cfg.replicationUser} ${cidr a} scram-sha-256\n") cfg.replicationPeers
+        # Peers ask each other "are you in recovery?" before starting as a primary (fencing).
+        ++ map (a: "host postgres ${cfg.replicationUser} ${cidr a} scram-sha-256\n") cfg.replicationPeers
       );
       settings = {
         port = cfg.port;
@@ -245,6 +247,29 @@ in
     };
 
     systemd.services = {
+      # Fencing: a machine configured as the primary refuses to start while another PostgreSQL
+      # machine already accepts writes (an old primary booting after a failover, before its new
+      # configuration is deployed), instead of forking the cluster's history.
+      postgresql = {
+        after = [ "lemmy-cluster-pg-passfile.service" ];
+        serviceConfig.ExecStartPre = lib.mkIf (isPrimary && cfg.replicationPeers != [ ]) [
+          "${pkgs.bash}/bin/bash ${scripts}/check-no-other-primary.sh ${
+            lib.escapeShellArgs [
+              "--peers"
+              (lib.concatStringsSep "," cfg.replicationPeers)
+              "--port"
+              (toString cfg.port)
+              "--user"
+              cfg.replicationUser
+              "--passfile"
+              passfile
+              "--bin-dir"
+              pgBin
+            ]
+          }"
+        ];
+      };
+
       # The replication password as a libpq password file in /run, for the WAL receiver (and
       # for the promote and rejoin tools). Written on every boot from the secret file.
       lemmy-cluster-pg-passfile = {

@@ -1,8 +1,8 @@
 """An sshd in each test host, so tests (and testinfra) reach hosts exactly as they reach real ones.
 
-    keys = SshKeys.create(tmp_path)            # one client key, one host key
-    start_sshd(host, keys, tmp_path)           # sshd on host.address:22 inside the namespace
-    ti = testinfra_host(host, keys)            # testinfra.host.Host over paramiko
+keys = SshKeys.create(tmp_path)            # one client key, one host key
+start_sshd(host, keys, tmp_path)           # sshd on host.address:22 inside the namespace
+ti = testinfra_host(host, keys)            # testinfra.host.Host over paramiko
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ class SshKeys:
         host = folder / "ssh_host_ed25519_key"
         for key in (client, host):
             if not key.exists():
-                subprocess.run(
-                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-                )
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         return cls(client, host, folder / "known_hosts")
 
 

@@ -24,7 +24,10 @@
         enable = true;
         tlsEnabled = false;
         database = {
-          hosts = [ "192.168.1.4" ];
+          hosts = [
+            "192.168.1.4"
+            "192.168.1.3"
+          ];
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
@@ -40,6 +43,7 @@
         };
         scheduledTasks = true;
         federation = {
+          sending = "inline";
           index = 1;
           count = 1;
         };

@@ -37,6 +37,13 @@
     roles = [ "backend" ];
     sshUser = "root";
   };
+  api2 = {
+    system = "x86_64-linux";
+    address = "10.1.0.22";
+    privateAddress = "10.1.0.22";
+    roles = [ "backend" ];
+    sshUser = "root";
+  };
   media1 = {
     system = "x86_64-linux";
     address = "10.1.0.31";

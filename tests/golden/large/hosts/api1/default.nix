@@ -28,7 +28,11 @@
         enable = true;
         tlsEnabled = true;
         database = {
-          hosts = [ "10.1.0.41" ];
+          hosts = [
+            "10.1.0.41"
+            "10.1.0.42"
+            "10.1.0.43"
+          ];
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
@@ -44,8 +48,9 @@
         };
         scheduledTasks = true;
         federation = {
+          sending = "dedicated";
           index = 1;
-          count = 1;
+          count = 2;
         };
         allowedClients = [
           "10.1.0.11"

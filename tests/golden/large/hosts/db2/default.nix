@@ -16,6 +16,7 @@
       privateAddress = "10.1.0.42";
       peers = {
         api1 = "10.1.0.21";
+        api2 = "10.1.0.22";
         db1 = "10.1.0.41";
         db3 = "10.1.0.43";
       };
@@ -39,7 +40,10 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 300;
-        allowedClients = [ "10.1.0.21" ];
+        allowedClients = [
+          "10.1.0.21"
+          "10.1.0.22"
+        ];
         replicationPeers = [
           "10.1.0.41"
           "10.1.0.43"

@@ -19,6 +19,7 @@
         edge3 = "10.1.0.13";
         edge4 = "10.1.0.14";
         api1 = "10.1.0.21";
+        api2 = "10.1.0.22";
       };
       publicPorts = [
         80
@@ -28,7 +29,10 @@
         enable = true;
         tls = "acme";
         acmeEmail = "ops@example.net";
-        backends = [ "10.1.0.21:8536" ];
+        backends = [
+          "10.1.0.21:8536"
+          "10.1.0.22:8536"
+        ];
         uiPeers = [
           "10.1.0.12:1234"
           "10.1.0.13:1234"

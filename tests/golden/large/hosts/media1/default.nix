@@ -16,11 +16,15 @@
       privateAddress = "10.1.0.31";
       peers = {
         api1 = "10.1.0.21";
+        api2 = "10.1.0.22";
       };
       pictrs = {
         enable = true;
         apiKeyFile = "/var/lib/lemmy-cluster/secrets/pictrs-api-key";
-        allowedClients = [ "10.1.0.21" ];
+        allowedClients = [
+          "10.1.0.21"
+          "10.1.0.22"
+        ];
       };
     };
   };

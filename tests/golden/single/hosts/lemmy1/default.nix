@@ -48,6 +48,7 @@
         };
         scheduledTasks = true;
         federation = {
+          sending = "inline";
           index = 1;
           count = 1;
         };

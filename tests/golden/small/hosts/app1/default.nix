@@ -24,7 +24,10 @@
         enable = true;
         tlsEnabled = true;
         database = {
-          hosts = [ "10.0.0.30" ];
+          hosts = [
+            "10.0.0.30"
+            "10.0.0.31"
+          ];
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
@@ -40,6 +43,7 @@
         };
         scheduledTasks = true;
         federation = {
+          sending = "inline";
           index = 1;
           count = 1;
         };
