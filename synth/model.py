@@ -72,6 +72,17 @@ class BackendSection(_Strict):
     federation_process: Literal["inline", "dedicated"] = "inline"
 
 
+class PictrsSection(_Strict):
+    # "local": sled repository and files on the one pict-rs machine (pict-rs 0.5's default).
+    # "object_storage": a Postgres repository (database "pictrs" on the cluster's PostgreSQL) and
+    # an S3-compatible bucket, shared by any number of pict-rs machines.
+    store: Literal["local", "object_storage"] = "local"
+    endpoint: str | None = None
+    bucket: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = False
+
+
 class SecretsSection(_Strict):
     dir: str = "/var/lib/lemmy-cluster/secrets"
 
@@ -88,6 +99,7 @@ class Cluster(_Strict):
     cluster: ClusterSection
     postgres: PostgresSection
     backend: BackendSection = BackendSection()
+    pictrs: PictrsSection = PictrsSection()
     secrets: SecretsSection = SecretsSection()
     machines: dict[str, Machine]
 
@@ -331,6 +343,44 @@ def federation_senders(c: Cluster) -> list[str]:
     return [b for b in backends if b in chosen]
 
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _check_pictrs_section(c: Cluster) -> list[Problem]:
+    p: list[Problem] = []
+    s = c.pictrs
+    if s.store == "object_storage":
+        if s.endpoint is None:
+            p.append(
+                Problem(
+                    "pictrs.endpoint",
+                    'required with store = "object_storage": the S3 URL, e.g. "https://s3.example.org"',
+                )
+            )
+        elif not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", s.endpoint):
+            p.append(
+                Problem("pictrs.endpoint", f"{s.endpoint!r} is not an http(s) URL such as 'https://s3.example.org'")
+            )
+        if s.bucket is None:
+            p.append(
+                Problem("pictrs.bucket", 'required with store = "object_storage": the bucket that holds the images')
+            )
+        elif not _BUCKET_RE.match(s.bucket):
+            p.append(
+                Problem(
+                    "pictrs.bucket",
+                    f"{s.bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')",
+                )
+            )
+    else:
+        for key in ("endpoint", "bucket"):
+            if getattr(s, key) is not None:
+                p.append(
+                    Problem(f"pictrs.{key}", 'only used with store = "object_storage"; remove it or set that store')
+                )
+    return p
+
+
 def _check_backend_section(c: Cluster) -> list[Problem]:
     p: list[Problem] = []
     backends = c.machines_with("backend")
@@ -481,15 +531,18 @@ def _check_roles(c: Cluster) -> list[Problem]:
     if not c.machines_with("backend"):
         p.append(Problem("machines", "no machine has role 'backend'; give at least one machine the backend role"))
     pictrs = c.machines_with("pictrs")
-    if len(pictrs) != 1:
-        got = f"{len(pictrs)} ({', '.join(pictrs)})" if pictrs else "none"
+    if not pictrs:
+        p.append(Problem("machines", "no machine has role 'pictrs'; give one machine the pictrs role"))
+    elif len(pictrs) > 1 and c.pictrs.store == "local":
         p.append(
             Problem(
                 "machines",
-                f"exactly one machine must have role 'pictrs', found {got}; several pict-rs machines "
-                "need shared storage (a Postgres repository and object storage), which is planned",
+                f"{len(pictrs)} machines have role 'pictrs' ({', '.join(pictrs)}), but [pictrs] store = \"local\" "
+                "keeps images and pict-rs's database on one machine; keep one pict-rs machine, or share the "
+                'storage: [pictrs] store = "object_storage" with an S3 endpoint and bucket',
             )
         )
+    p += _check_pictrs_section(c)
     p += _check_backend_section(c)
     if pg.synchronous and len(c.machines_with("postgres")) < 2:
         p.append(

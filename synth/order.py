@@ -2,7 +2,7 @@
 
 1. the PostgreSQL primary (a replica clones it; backends run migrations against it),
 2. the PostgreSQL replicas,
-3. pict-rs,
+3. pict-rs (half of the machines at a time, when several share object storage),
 4. the backends (the first to start runs Lemmy's migrations against the primary), in batches of at
    most half of them, so that the API keeps answering,
 5. the frontends, in batches of at most half of them, so that at least one always serves.
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from synth.model import Cluster
 
 STAGES = ("postgres-primary", "postgres-replicas", "pictrs", "backend", "frontends")
+# Stages whose machines serve in parallel: deployed at most half of them at a time (by role).
+HALF_AT_A_TIME = {"pictrs": "pictrs", "backend": "backend", "frontends": "frontend"}
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,8 @@ def batches(c: Cluster, only: Iterable[str] | None = None) -> list[Batch]:
         names = by_stage[stage]
         if not names:
             continue
-        if stage in ("frontends", "backend"):
-            size = half_batch_size(len(c.machines_with(stage.rstrip("s"))))
+        if stage in HALF_AT_A_TIME:
+            size = half_batch_size(len(c.machines_with(HALF_AT_A_TIME[stage])))
             out += [Batch(stage, tuple(names[i : i + size])) for i in range(0, len(names), size)]
         elif stage == "postgres-replicas":
             # One replica at a time: the others keep the standby count up while one restarts.

@@ -15,6 +15,8 @@ from synth.model import Cluster
 from synth.topology import (
     DB_NAME,
     DB_USER,
+    PICTRS_DB_NAME,
+    PICTRS_DB_USER,
     REPLICATION_USER,
     HostPlan,
     plan,
@@ -67,6 +69,7 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "poolSize": be.pool_size,
             },
             "pictrsUrl": be.pictrs_url,
+            **({"pictrsUpstreams": list(be.pictrs_upstreams)} if be.pictrs_upstreams else {}),
             "pictrsApiKeyFile": h.secrets["pictrs_api_key"],
             "setup": {
                 "adminUsername": cl.admin_username,
@@ -83,11 +86,28 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
             "allowedClients": list(be.clients),
         }
     if h.pictrs:
-        lc["pictrs"] = {
+        pictrs: dict[str, Any] = {
             "enable": True,
             "apiKeyFile": h.secrets["pictrs_api_key"],
             "allowedClients": list(h.pictrs.clients),
         }
+        if h.pictrs.store == "object_storage":
+            pictrs["store"] = "object_storage"
+            pictrs["repo"] = {
+                "host": h.pictrs.repo_host,
+                "name": PICTRS_DB_NAME,
+                "user": PICTRS_DB_USER,
+                "passwordFile": h.secrets["pictrs_db_password"],
+            }
+            pictrs["objectStorage"] = {
+                "endpoint": c.pictrs.endpoint,
+                "bucket": c.pictrs.bucket,
+                "region": c.pictrs.region,
+                "usePathStyle": c.pictrs.path_style,
+                "accessKeyFile": h.secrets["s3_access_key"],
+                "secretKeyFile": h.secrets["s3_secret_key"],
+            }
+        lc["pictrs"] = pictrs
     if h.postgres:
         pg = h.postgres
         lc["postgres"] = {
@@ -107,6 +127,14 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
             "allowedClients": list(pg.clients),
             "replicationPeers": list(pg.replication_peers),
         }
+        if pg.pictrs_clients:
+            lc["postgres"]["pictrsDatabase"] = {
+                "enable": True,
+                "name": PICTRS_DB_NAME,
+                "user": PICTRS_DB_USER,
+                "passwordFile": h.secrets["pictrs_db_password"],
+                "allowedClients": list(pg.pictrs_clients),
+            }
     return {
         "networking": {"hostName": h.name},
         "system": {"stateVersion": cl.state_version},

@@ -23,11 +23,20 @@ DB_NAME = "lemmy"
 DB_USER = "lemmy"
 REPLICATION_USER = "replicator"
 
+PICTRS_DB_NAME = "pictrs"
+PICTRS_DB_USER = "pictrs"
+# Where a backend reaches several pict-rs machines: its own load balancer on loopback.
+PICTRS_PROXY_PORT = 8079
+
 SECRET_FILES = {
     "db_password": "lemmy-db-password",
     "replication_password": "replication-password",
     "pictrs_api_key": "pictrs-api-key",
     "admin_password": "admin-password",
+    # only with [pictrs] store = "object_storage"
+    "pictrs_db_password": "pictrs-db-password",
+    "s3_access_key": "s3-access-key",
+    "s3_secret_key": "s3-secret-key",
 }
 
 
@@ -63,6 +72,7 @@ class FrontendPlan:
 class BackendPlan:
     database_hosts: list[str]
     pictrs_url: str
+    pictrs_upstreams: list[str]  # several pict-rs machines: balanced by nginx on the backend
     clients: list[str]
     scheduled_tasks: bool
     # "inline" (in lemmy_server), "dedicated" (a lemmy-federate process) or "off" (not a sender)
@@ -75,6 +85,10 @@ class BackendPlan:
 @dataclass(frozen=True)
 class PictrsPlan:
     clients: list[str]
+    store: str  # "local" | "object_storage"
+    # object_storage only: the PostgreSQL primary that holds the repository (pict-rs takes a
+    # single URL: after a promotion it follows once the regenerated configuration is deployed)
+    repo_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,7 @@ class PostgresPlan:
     clients: list[str]
     replication_peers: list[str]
     synchronous_standbys: list[str]
+    pictrs_clients: list[str]  # pict-rs machines using the "pictrs" database (object storage)
 
 
 @dataclass(frozen=True)
@@ -114,14 +129,26 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     primary = c.postgres.primary
     replicas = [m for m in pgs if m != primary]
 
+    shared_pictrs = c.pictrs.store == "object_storage"
+    pictrs_upstreams = [hostport(addr[p], PICTRS_PORT) for p in pictrs] if len(pictrs) > 1 else []
+    pictrs_url = (
+        f"http://127.0.0.1:{PICTRS_PROXY_PORT}/"
+        if pictrs_upstreams
+        else f"http://{hostport(addr[pictrs[0]], PICTRS_PORT)}/"
+    )
+
     def secrets_for(roles: Sequence[str]) -> dict[str, str]:
         need: list[str] = []
         if "backend" in roles:
             need += ["db_password", "pictrs_api_key", "admin_password"]
         if "pictrs" in roles:
             need += ["pictrs_api_key"]
+            if shared_pictrs:
+                need += ["pictrs_db_password", "s3_access_key", "s3_secret_key"]
         if "postgres" in roles:
             need += ["db_password", "replication_password"]
+            if shared_pictrs:
+                need += ["pictrs_db_password"]
         base = c.secrets.dir.rstrip("/")
         return {k: f"{base}/{SECRET_FILES[k]}" for k in SECRET_FILES if k in need}
 
@@ -155,7 +182,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 # Every PostgreSQL machine, the primary first: the connection goes to the one that
                 # accepts writes, so a promoted replica is found without a redeploy.
                 database_hosts=[addr[primary]] + [addr[r] for r in replicas],
-                pictrs_url=f"http://{hostport(addr[pictrs[0]], PICTRS_PORT)}/",
+                pictrs_url=pictrs_url,
+                pictrs_upstreams=pictrs_upstreams,
                 clients=[addr[f] for f in frontends if f != name],
                 scheduled_tasks=name == scheduler,
                 federation_sending=c.backend.federation_process if sender else "off",
@@ -165,8 +193,14 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             )
             talks_to.update(frontends, pictrs, pgs)
         if "pictrs" in roles:
-            pr = PictrsPlan(clients=[addr[b] for b in backends if b != name])
+            pr = PictrsPlan(
+                clients=[addr[b] for b in backends if b != name],
+                store=c.pictrs.store,
+                repo_host=addr[primary] if shared_pictrs else None,
+            )
             talks_to.update(backends)
+            if shared_pictrs:
+                talks_to.add(primary)
         if "postgres" in roles:
             peers = [p for p in pgs if p != name]
             pg = PostgresPlan(
@@ -179,8 +213,11 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 clients=[addr[b] for b in backends],
                 replication_peers=[addr[p] for p in peers],
                 synchronous_standbys=([slot_name(r) for r in replicas] if c.postgres.synchronous else []),
+                pictrs_clients=[addr[p] for p in pictrs] if shared_pictrs else [],
             )
             talks_to.update(backends, peers)
+            if shared_pictrs:
+                talks_to.update(pictrs)
         public = [HTTP_PORT] + ([HTTPS_PORT] if c.cluster.tls != "none" else []) if fe else []
         hosts[name] = HostPlan(
             name=name,

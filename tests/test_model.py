@@ -164,11 +164,24 @@ def test_backends_and_pictrs_count() -> None:
     # Several backends are fine (issue: scale-out); several pict-rs need shared storage.
     parse(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "backend"]'))
     msg = one(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "pictrs"]'))
-    assert "exactly one machine must have role 'pictrs', found 2 (fe1, app1)" in msg, msg
-    assert "need shared storage" in msg
+    assert "2 machines have role 'pictrs' (fe1, app1), but [pictrs] store = \"local\"" in msg, msg
+    assert 'share the storage: [pictrs] store = "object_storage"' in msg
+    shared = '\n[pictrs]\nstore = "object_storage"\nendpoint = "https://s3.example.org"\nbucket = "lemmy-images"\n'
+    parse(BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "pictrs"]') + shared)
     got = problems(BASE.replace('roles = ["backend", "pictrs"]', 'roles = ["frontend"]'))
     assert any("no machine has role 'backend'" in g for g in got), got
-    assert any("role 'pictrs', found none" in g for g in got), got
+    assert any("no machine has role 'pictrs'" in g for g in got), got
+
+
+def test_pictrs_object_storage_settings() -> None:
+    got = problems(BASE + '\n[pictrs]\nstore = "object_storage"\n')
+    assert any('pictrs.endpoint: required with store = "object_storage"' in g for g in got), got
+    assert any('pictrs.bucket: required with store = "object_storage"' in g for g in got), got
+    got = problems(BASE + '\n[pictrs]\nstore = "object_storage"\nendpoint = "s3.example.org"\nbucket = "A_B"\n')
+    assert any("pictrs.endpoint: 's3.example.org' is not an http(s) URL" in g for g in got), got
+    assert any("pictrs.bucket: 'A_B' is not a valid bucket name" in g for g in got), got
+    msg = one(BASE + '\n[pictrs]\nbucket = "images"\n')
+    assert 'pictrs.bucket: only used with store = "object_storage"' in msg, msg
 
 
 TWO_BACKENDS = BASE.replace('roles = ["frontend"]', 'roles = ["frontend", "backend"]')

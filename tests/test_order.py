@@ -29,6 +29,7 @@ def test_large_order_batches_half_the_frontends() -> None:
         ("postgres-replicas", ("db2",)),
         ("postgres-replicas", ("db3",)),
         ("pictrs", ("media1",)),
+        ("pictrs", ("media2",)),
         ("backend", ("api1",)),
         ("backend", ("api2",)),
         ("frontends", ("edge1", "edge2")),

@@ -180,3 +180,20 @@ def test_helpers() -> None:
     assert hostport("10.0.0.1", 80) == "10.0.0.1:80"
     assert hostport("2001:db8::1", 80) == "[2001:db8::1]:80"
     assert slot_name("db-eu-1") == "db_eu_1"
+
+
+def test_shared_pictrs() -> None:
+    p = plan(load(EXAMPLES / "large.toml"))
+    api1, media1, db1 = p["api1"].backend, p["media1"].pictrs, p["db1"].postgres
+    assert api1 is not None and media1 is not None and db1 is not None
+    assert api1.pictrs_url == "http://127.0.0.1:8079/", "several pict-rs: the backend's own balancer"
+    assert api1.pictrs_upstreams == ["10.1.0.31:8080", "10.1.0.32:8080"]
+    assert (media1.store, media1.repo_host) == ("object_storage", "10.1.0.41")
+    assert db1.pictrs_clients == ["10.1.0.31", "10.1.0.32"]
+    assert set(p["media1"].secrets) == {"pictrs_api_key", "pictrs_db_password", "s3_access_key", "s3_secret_key"}
+    assert "pictrs_db_password" in p["db2"].secrets, "every database machine may become the primary"
+    assert "db1" in p["media1"].peers
+    # The default stays one local pict-rs, reached directly.
+    small_app1 = small()["app1"]
+    assert small_app1.backend is not None and small_app1.pictrs is not None
+    assert small_app1.backend.pictrs_upstreams == [] and small_app1.pictrs.store == "local"

@@ -163,6 +163,24 @@ in
       example = "http://10.0.0.20:8080/";
       description = "URL of pict-rs.";
     };
+    pictrsUpstreams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "10.0.0.41:8080"
+        "10.0.0.42:8080"
+      ];
+      description = ''
+        Several pict-rs machines (sharing object storage) as address:port. When set, nginx on this
+        machine balances them on 127.0.0.1:pictrsProxyPort (with passive health checks), and
+        pictrsUrl should point there: Lemmy takes a single pict-rs URL.
+      '';
+    };
+    pictrsProxyPort = mkOption {
+      type = types.port;
+      default = 8079;
+      description = "Loopback port of the pict-rs load balancer (with pictrsUpstreams).";
+    };
     pictrsApiKeyFile = mkOption {
       type = types.str;
       description = "File holding the pict-rs API key (the same file content as pict-rs's).";
@@ -269,5 +287,33 @@ in
         description = "Lemmy backend";
       }
     ];
+
+    services.nginx = lib.mkIf (cfg.pictrsUpstreams != [ ]) {
+      enable = true;
+      upstreams.lemmy_pictrs.servers = lib.genAttrs cfg.pictrsUpstreams (_: {
+        max_fails = 3;
+        fail_timeout = "10s";
+      });
+      virtualHosts.lemmy-cluster-pictrs = {
+        serverName = "lemmy-cluster-pictrs";
+        listen = [
+          {
+            addr = "127.0.0.1";
+            port = cfg.pictrsProxyPort;
+          }
+        ];
+        extraConfig = ''
+          client_max_body_size 20M;
+          location / {
+            proxy_pass http://lemmy_pictrs;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout http_502 http_503 http_504;
+            proxy_read_timeout 120s;
+          }
+        '';
+      };
+    };
   };
 }

@@ -1,10 +1,14 @@
 # lemmy-cluster pict-rs role: the image server behind Lemmy's /pictrs routes.
 #
-# Built on nixpkgs' services.pict-rs (sled repo and file store under /var/lib/pict-rs, so exactly
-# one pict-rs machine per cluster). This module binds it to the private address, gives it the API
-# key that the backend shares (read from a file at start, never in the Nix store) and opens its
-# port only to the backends. Clients never talk to pict-rs directly: the Lemmy backend checks
-# who uploads and proxies /pictrs to it.
+# Built on nixpkgs' services.pict-rs. Two stores:
+# - local (default): sled repository and files under /var/lib/pict-rs: one pict-rs machine.
+# - object_storage: pict-rs 0.5's Postgres repository (a database on the cluster's PostgreSQL)
+#   and an S3-compatible bucket, shared by any number of pict-rs machines; each keeps only its
+#   temporary files.
+# This module binds pict-rs to the private address, gives it the API key that the backend shares
+# and, for object storage, the repository URL and S3 keys (all read from files at start, never in
+# the Nix store), and opens its port only to the backends. Clients never talk to pict-rs
+# directly: the Lemmy backend checks who uploads and proxies /pictrs to it.
 {
   config,
   lib,
@@ -15,6 +19,8 @@ let
   cfg = config.services.lemmy-cluster.pictrs;
   top = config.services.lemmy-cluster;
   inherit (lib) mkOption types;
+  shared = cfg.store == "object_storage";
+  hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
 in
 {
   options.services.lemmy-cluster.pictrs = {
@@ -45,10 +51,92 @@ in
       example = [ "10.0.0.20" ];
       description = "Addresses of the backends allowed to reach pict-rs (firewall).";
     };
+    store = mkOption {
+      type = types.enum [
+        "local"
+        "object_storage"
+      ];
+      default = "local";
+      description = "`local`: sled and files on this machine; `object_storage`: Postgres repository and S3 bucket (several machines).";
+    };
+    repo = {
+      host = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.30";
+        description = "PostgreSQL primary holding pict-rs's repository (store = object_storage).";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 5432;
+        description = "PostgreSQL port.";
+      };
+      name = mkOption {
+        type = types.str;
+        default = "pictrs";
+        description = "Database of pict-rs's repository.";
+      };
+      user = mkOption {
+        type = types.str;
+        default = "pictrs";
+        description = "Database role of pict-rs.";
+      };
+      passwordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "File holding the role's password (read at start).";
+      };
+    };
+    objectStorage = {
+      endpoint = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://s3.example.org";
+        description = "S3-compatible endpoint URL.";
+      };
+      bucket = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Bucket holding the images.";
+      };
+      region = mkOption {
+        type = types.str;
+        default = "us-east-1";
+        description = "S3 region (any value for most self-hosted stores).";
+      };
+      usePathStyle = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Path-style bucket addressing (endpoint/bucket/key), as MinIO and Garage prefer.";
+      };
+      accessKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "File holding the S3 access key id.";
+      };
+      secretKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "File holding the S3 secret key.";
+      };
+    };
   };
 
   config = lib.mkIf (top.enable && cfg.enable) {
     assertions = [
+      {
+        assertion =
+          !shared
+          || lib.all (v: v != null) [
+            cfg.repo.host
+            cfg.repo.passwordFile
+            cfg.objectStorage.endpoint
+            cfg.objectStorage.bucket
+            cfg.objectStorage.accessKeyFile
+            cfg.objectStorage.secretKeyFile
+          ];
+        message = "services.lemmy-cluster.pictrs.store = \"object_storage\" needs repo.host, repo.passwordFile, objectStorage.endpoint, .bucket, .accessKeyFile and .secretKeyFile.";
+      }
       {
         assertion = !(lib.hasPrefix "/nix/store" cfg.apiKeyFile);
         message = "services.lemmy-cluster.pictrs.apiKeyFile points into the Nix store, which is world-readable; keep the key in a root-owned file outside it.";
@@ -64,15 +152,46 @@ in
     systemd.services.pict-rs = {
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
+      path = lib.optional shared pkgs.jq;
+      environment = lib.mkIf shared {
+        # nixpkgs' module always sets the sled and file paths; drop them (null = unset).
+        PICTRS__REPO__PATH = lib.mkForce null;
+        PICTRS__STORE__PATH = lib.mkForce null;
+        PICTRS__REPO__TYPE = "postgres";
+        PICTRS__STORE__TYPE = "object_storage";
+        PICTRS__STORE__ENDPOINT = cfg.objectStorage.endpoint;
+        PICTRS__STORE__BUCKET_NAME = cfg.objectStorage.bucket;
+        PICTRS__STORE__REGION = cfg.objectStorage.region;
+        PICTRS__STORE__USE_PATH_STYLE = lib.boolToString cfg.objectStorage.usePathStyle;
+      };
       serviceConfig = {
-        LoadCredential = [ "api-key:${cfg.apiKeyFile}" ];
-        # The key becomes an environment variable only inside the service's own process.
+        LoadCredential = [
+          "api-key:${cfg.apiKeyFile}"
+        ]
+        ++ lib.optionals shared [
+          "db-password:${cfg.repo.passwordFile}"
+          "s3-access-key:${cfg.objectStorage.accessKeyFile}"
+          "s3-secret-key:${cfg.objectStorage.secretKeyFile}"
+        ];
+        # Secrets become environment variables only inside the service's own process.
         ExecStart = lib.mkForce (
-          pkgs.writeShellScript "pict-rs-with-api-key" ''
-            PICTRS__SERVER__API_KEY="$(< "$CREDENTIALS_DIRECTORY/api-key")"
-            export PICTRS__SERVER__API_KEY
-            exec ${lib.getBin config.services.pict-rs.package}/bin/pict-rs run
-          ''
+          pkgs.writeShellScript "pict-rs-with-secrets" (
+            ''
+              PICTRS__SERVER__API_KEY="$(< "$CREDENTIALS_DIRECTORY/api-key")"
+              export PICTRS__SERVER__API_KEY
+            ''
+            + lib.optionalString shared ''
+              password="$(jq -rn --rawfile p "$CREDENTIALS_DIRECTORY/db-password" '$p | rtrimstr("\n") | @uri')"
+              PICTRS__REPO__URL="postgres://${cfg.repo.user}:$password@${hostPort cfg.repo.host cfg.repo.port}/${cfg.repo.name}"
+              PICTRS__STORE__ACCESS_KEY="$(< "$CREDENTIALS_DIRECTORY/s3-access-key")"
+              PICTRS__STORE__SECRET_KEY="$(< "$CREDENTIALS_DIRECTORY/s3-secret-key")"
+              export PICTRS__REPO__URL PICTRS__STORE__ACCESS_KEY PICTRS__STORE__SECRET_KEY
+              unset password
+            ''
+            + ''
+              exec ${lib.getBin config.services.pict-rs.package}/bin/pict-rs run
+            ''
+          )
         );
         Restart = "on-failure";
         RestartSec = "5s";

@@ -32,6 +32,7 @@ let
   };
 
   isPrimary = cfg.role == "primary";
+  pictrsDb = cfg.pictrsDatabase;
   cidr = addr: if lib.hasInfix ":" addr then "${addr}/128" else "${addr}/32";
   scripts = ./scripts;
   pgBin = "${pgcfg.finalPackage}/bin";
@@ -181,6 +182,30 @@ in
       example = [ "10.0.0.31" ];
       description = "Addresses of the other PostgreSQL machines: allowed to replicate, and through the firewall.";
     };
+    pictrsDatabase = {
+      enable = lib.mkEnableOption "a database for pict-rs's Postgres repository (pict-rs with object storage)";
+      name = mkOption {
+        type = types.str;
+        default = "pictrs";
+        description = "Database of pict-rs's repository.";
+      };
+      user = mkOption {
+        type = types.str;
+        default = "pictrs";
+        description = "Role pict-rs connects as (owner of the database).";
+      };
+      passwordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "File holding the role's password (read at run time, never in the store).";
+      };
+      allowedClients = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "10.0.0.41" ];
+        description = "Addresses of the pict-rs machines: allowed to connect as the role, and through the firewall.";
+      };
+    };
   };
 
   config = lib.mkIf (top.enable && cfg.enable) {
@@ -188,6 +213,10 @@ in
       {
         assertion = isPrimary || cfg.primaryAddress != cfg.listenAddress;
         message = "services.lemmy-cluster.postgres: this machine is a replica but primaryAddress (${cfg.primaryAddress}) is its own address; name the primary's address, or set role = \"primary\".";
+      }
+      {
+        assertion = !pictrsDb.enable || pictrsDb.passwordFile != null;
+        message = "services.lemmy-cluster.postgres.pictrsDatabase.enable needs pictrsDatabase.passwordFile.";
       }
       {
         assertion = lib.all (f: !(lib.hasPrefix "/nix/store" f)) [
@@ -202,12 +231,18 @@ in
       enable = true;
       package = packages.${toString cfg.majorVersion};
       enableTCPIP = true;
-      ensureDatabases = [ cfg.database ];
+      ensureDatabases = [ cfg.database ] ++ lib.optional pictrsDb.enable pictrsDb.name;
       ensureUsers = [
         {
           name = cfg.user;
           ensureDBOwnership = true;
         }
+      ]
+      ++ lib.optional pictrsDb.enable {
+        name = pictrsDb.user;
+        ensureDBOwnership = pictrsDb.name == pictrsDb.user;
+      }
+      ++ [
         {
           name = cfg.replicationUser;
           ensureClauses = {
@@ -219,6 +254,9 @@ in
       # First match wins; these come before nixpkgs' defaults (local peer, loopback md5).
       authentication = lib.concatStrings (
         map (a: "host ${cfg.database} ${cfg.user} ${cidr a} scram-sha-256\n") cfg.allowedClients
+        ++ lib.optionals pictrsDb.enable (
+          map (a: "host ${pictrsDb.name} ${pictrsDb.user} ${cidr a} scram-sha-256\n") pictrsDb.allowedClients
+        )
         ++ map (a: "host replication ${cfg.replicationUser} ${cidr a} scram-sha-256\n") cfg.replicationPeers
         # Peers ask each other "are you in recovery?" before starting as a primary (fencing).
         ++ map (a: "host postgres ${cfg.replicationUser} ${cidr a} scram-sha-256\n") cfg.replicationPeers
@@ -307,7 +345,8 @@ in
           LoadCredential = [
             "db-password:${cfg.passwordFile}"
             "replication-password:${cfg.replicationPasswordFile}"
-          ];
+          ]
+          ++ lib.optional pictrsDb.enable "pictrs-db-password:${pictrsDb.passwordFile}";
         };
         script = ''
           if [ "$(psql -XAtc 'SELECT pg_is_in_recovery()')" = t ]; then
@@ -320,6 +359,10 @@ in
           \set repl_pw `cat "$CREDENTIALS_DIRECTORY/replication-password"`
           ALTER ROLE "${cfg.user}" WITH LOGIN PASSWORD :'lemmy_pw';
           ALTER ROLE "${cfg.replicationUser}" WITH LOGIN REPLICATION PASSWORD :'repl_pw';
+          ${lib.optionalString pictrsDb.enable ''
+            \set pictrs_pw `cat "$CREDENTIALS_DIRECTORY/pictrs-db-password"`
+            ALTER ROLE "${pictrsDb.user}" WITH LOGIN PASSWORD :'pictrs_pw';
+          ''}
           ${slotSql}
           SQL
         '';
@@ -374,7 +417,7 @@ in
     services.lemmy-cluster.firewall.allow = [
       {
         inherit (cfg) port;
-        from = lib.unique (cfg.allowedClients ++ cfg.replicationPeers);
+        from = lib.unique (cfg.allowedClients ++ cfg.replicationPeers ++ lib.optionals pictrsDb.enable pictrsDb.allowedClients);
         description = "PostgreSQL";
       }
     ];

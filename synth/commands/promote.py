@@ -97,7 +97,9 @@ def promote(
     click.echo(f"{machine} is the primary now; {old} must not start as a primary again.")
     click.echo("Deploy next, in this order (the backends then use the new primary, the replicas follow it):")
     others = [n for n in new.machines_with("postgres") if n not in (machine, old)]
-    order = batches(new, [machine, *others, *new.machines_with("backend")])
+    # pict-rs with object storage keeps its repository on the primary (a single URL): it follows too.
+    pictrs = new.machines_with("pictrs") if new.pictrs.store == "object_storage" else []
+    order = batches(new, [machine, *others, *pictrs, *new.machines_with("backend")])
     for i, b in enumerate(order, 1):
         click.echo(f"  {i}. {b.stage}: {', '.join(b.machines)}")
     click.echo(f"Then, on {old} once it is repaired: deploy it (its start is refused), run `lemmy-cluster-pg-rejoin`, ")

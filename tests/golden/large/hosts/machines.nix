@@ -51,6 +51,13 @@
     roles = [ "pictrs" ];
     sshUser = "root";
   };
+  media2 = {
+    system = "x86_64-linux";
+    address = "10.1.0.32";
+    privateAddress = "10.1.0.32";
+    roles = [ "pictrs" ];
+    sshUser = "root";
+  };
   db1 = {
     system = "x86_64-linux";
     address = "10.1.0.41";

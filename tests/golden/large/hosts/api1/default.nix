@@ -20,6 +20,7 @@
         edge3 = "10.1.0.13";
         edge4 = "10.1.0.14";
         media1 = "10.1.0.31";
+        media2 = "10.1.0.32";
         db1 = "10.1.0.41";
         db2 = "10.1.0.42";
         db3 = "10.1.0.43";
@@ -38,7 +39,11 @@
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
           poolSize = 60;
         };
-        pictrsUrl = "http://10.1.0.31:8080/";
+        pictrsUrl = "http://127.0.0.1:8079/";
+        pictrsUpstreams = [
+          "10.1.0.31:8080"
+          "10.1.0.32:8080"
+        ];
         pictrsApiKeyFile = "/var/lib/lemmy-cluster/secrets/pictrs-api-key";
         setup = {
           adminUsername = "admin";

@@ -17,6 +17,8 @@
       peers = {
         api1 = "10.1.0.21";
         api2 = "10.1.0.22";
+        media1 = "10.1.0.31";
+        media2 = "10.1.0.32";
         db1 = "10.1.0.41";
         db3 = "10.1.0.43";
       };
@@ -48,6 +50,16 @@
           "10.1.0.41"
           "10.1.0.43"
         ];
+        pictrsDatabase = {
+          enable = true;
+          name = "pictrs";
+          user = "pictrs";
+          passwordFile = "/var/lib/lemmy-cluster/secrets/pictrs-db-password";
+          allowedClients = [
+            "10.1.0.31"
+            "10.1.0.32"
+          ];
+        };
       };
     };
   };

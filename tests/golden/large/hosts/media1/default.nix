@@ -17,6 +17,7 @@
       peers = {
         api1 = "10.1.0.21";
         api2 = "10.1.0.22";
+        db1 = "10.1.0.41";
       };
       pictrs = {
         enable = true;
@@ -25,6 +26,21 @@
           "10.1.0.21"
           "10.1.0.22"
         ];
+        store = "object_storage";
+        repo = {
+          host = "10.1.0.41";
+          name = "pictrs";
+          user = "pictrs";
+          passwordFile = "/var/lib/lemmy-cluster/secrets/pictrs-db-password";
+        };
+        objectStorage = {
+          endpoint = "https://s3.example.net";
+          bucket = "lemmy-images";
+          region = "us-east-1";
+          usePathStyle = true;
+          accessKeyFile = "/var/lib/lemmy-cluster/secrets/s3-access-key";
+          secretKeyFile = "/var/lib/lemmy-cluster/secrets/s3-secret-key";
+        };
       };
     };
   };
