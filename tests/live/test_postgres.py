@@ -225,8 +225,10 @@ def test_replicas_bootstrap_and_stream_without_exposing_the_password(live: Live)
     assert sync == "db2:streaming,db3:streaming", f"expected db2 and db3 streaming, got {sync!r}"
 
     # Passwords were set through psql's stdin, stored as SCRAM verifiers.
-    kinds = db1.sql("SELECT string_agg(rolname || ':' || left(rolpassword, 13), ',' ORDER BY 1) FROM pg_authid "
-                    "WHERE rolname IN ('lemmy', 'replicator')")  # fmt: skip
+    kinds = db1.sql(
+        "SELECT string_agg(rolname || ':' || left(rolpassword, 13), ',' ORDER BY 1) FROM pg_authid "
+        "WHERE rolname IN ('lemmy', 'replicator')"
+    )
     assert kinds == "lemmy:SCRAM-SHA-256,replicator:SCRAM-SHA-256", f"expected SCRAM verifiers, got {kinds!r}"
 
     write(live, "db1", "CREATE TABLE items (id int PRIMARY KEY, note text)")
