@@ -92,7 +92,13 @@ def hba_conf(opts: Mapping[str, Any]) -> str:
     """pg_hba.conf: the module's `authentication` lines, then nixpkgs' defaults (first match wins)."""
     lines = ["# Generated file; do not edit!"]
     lines += [f"host {opts['database']} {opts['user']} {_cidr(a)} scram-sha-256" for a in opts["allowedClients"]]
-    lines += [f"host replication {opts['replicationUser']} {_cidr(a)} scram-sha-256" for a in opts["replicationPeers"]]
+    pictrs = opts.get("pictrsDatabase", {})
+    if pictrs.get("enable"):
+        lines += [f"host {pictrs['name']} {pictrs['user']} {_cidr(a)} scram-sha-256" for a in pictrs["allowedClients"]]
+    repl, peers = opts["replicationUser"], opts["replicationPeers"]
+    lines += [f"host replication {repl} {_cidr(a)} scram-sha-256" for a in peers]
+    # Fencing: peers ask each other "are you in recovery?" (check-no-other-primary.sh).
+    lines += [f"host postgres {repl} {_cidr(a)} scram-sha-256" for a in peers]
     lines += [
         "# default value of services.postgresql.authentication",
         "local all postgres         peer map=postgres",
@@ -180,6 +186,14 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+class StartRefused(RuntimeError):
+    """The start step before PostgreSQL (check-no-other-primary.sh) refused to start it."""
+
+    def __init__(self, name: str, result: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(f"{name}: start refused (exit {result.returncode}): {result.stderr.strip()}")
+        self.result = result
+
+
 @dataclass
 class PgServer:
     """One PostgreSQL machine: a namespace host and its folders under the lab's work dir."""
@@ -189,6 +203,7 @@ class PgServer:
     base: Path
     proc: subprocess.Popen[Any] | None = None
     settings: dict[str, str | int | bool] = field(default_factory=dict)
+    opts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -238,6 +253,7 @@ class PgServer:
         }
         settings |= extra
         self.settings = settings
+        self.opts = opts
         conf = self.conf_dir / "postgresql.conf"
         conf.write_text(render_conf(settings))
         for f in (hba, ident, conf):
@@ -249,9 +265,28 @@ class PgServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def fencing_check(self) -> subprocess.CompletedProcess[str] | None:
+        """postgresql.service's ExecStartPre on a machine configured as primary with peers:
+        check-no-other-primary.sh. None where the module has no such step."""
+        opts = self.opts
+        if opts.get("role") != "primary" or not opts.get("replicationPeers"):
+            return None
+        args = ["--peers", ",".join(opts["replicationPeers"]), "--port", str(opts["port"])]
+        args += ["--user", opts["replicationUser"], "--passfile", str(self.passfile), "--bin-dir", str(PG_BIN)]
+        return self.host.run(
+            as_pg(["bash", str(SCRIPTS / "check-no-other-primary.sh"), *args]),
+            check=False,
+            timeout=60,
+            env={"PATH": SYS_PATH, "LANG": "C.UTF-8"},
+        )
+
     def start(self, timeout: float = 30) -> None:
-        """Start the server as postgres in the host's namespace; wait until it answers queries."""
+        """Start the server as postgres in the host's namespace, as postgresql.service would (with the
+        fencing ExecStartPre on a primary; StartRefused if it refuses); wait until it answers queries."""
         assert not self.running(), f"{self.name}: already running"
+        pre = self.fencing_check()
+        if pre is not None and pre.returncode != 0:
+            raise StartRefused(self.name, pre)
         # nixpkgs' preStart: the configuration is a link from the data directory into the store.
         link = self.data / "postgresql.conf"
         if link.is_symlink() or link.exists():
@@ -403,6 +438,7 @@ class PgLab:
         self.replication_password = random_password()
         self.db_password_file = self._secret("lemmy-db-password", self.db_password)
         self.replication_password_file = self._secret("replication-password", self.replication_password)
+        self.pictrs_password_file = self._secret("pictrs-db-password", random_password())
         self.client_dir = workdir / "client"
         self.client_dir.mkdir(mode=0o700, exist_ok=True)
         chown_pg(self.client_dir)
@@ -464,12 +500,15 @@ class PgLab:
         srv.start()
         # nixpkgs' postStart: ensureDatabases, ensureUsers (ensureDBOwnership, ensureClauses).
         db, user, repl = opts["database"], opts["user"], opts["replicationUser"]
-        for sql in (
-            f'CREATE DATABASE "{db}"',
-            f'CREATE ROLE "{user}" WITH LOGIN',
-            f'ALTER DATABASE "{db}" OWNER TO "{user}"',
-            f'CREATE ROLE "{repl}" WITH LOGIN REPLICATION',
-        ):
+        statements = [f'CREATE DATABASE "{db}"', f'CREATE ROLE "{user}" WITH LOGIN']
+        statements.append(f'ALTER DATABASE "{db}" OWNER TO "{user}"')
+        pictrs = opts.get("pictrsDatabase", {})
+        if pictrs.get("enable"):
+            statements += [f'CREATE DATABASE "{pictrs["name"]}"', f'CREATE ROLE "{pictrs["user"]}" WITH LOGIN']
+            if pictrs["name"] == pictrs["user"]:
+                statements.append(f'ALTER DATABASE "{pictrs["name"]}" OWNER TO "{pictrs["user"]}"')
+        statements.append(f'CREATE ROLE "{repl}" WITH LOGIN REPLICATION')
+        for sql in statements:
             srv.psql_run(sql, env=LOCAL_COMMIT)
         self.setup(srv, opts)
 
@@ -486,8 +525,14 @@ class PgLab:
             f'\\set repl_pw `cat "{self.replication_password_file}"`\n'
             f"ALTER ROLE \"{opts['user']}\" WITH LOGIN PASSWORD :'lemmy_pw';\n"
             f"ALTER ROLE \"{opts['replicationUser']}\" WITH LOGIN REPLICATION PASSWORD :'repl_pw';\n"
-            f"{slot_sql}"
         )
+        pictrs = opts.get("pictrsDatabase", {})
+        if pictrs.get("enable"):
+            script += (
+                f'\\set pictrs_pw `cat "{self.pictrs_password_file}"`\n'
+                f"ALTER ROLE \"{pictrs['user']}\" WITH LOGIN PASSWORD :'pictrs_pw';\n"
+            )
+        script += slot_sql
         srv.psql_run("", stdin=script, env=LOCAL_COMMIT)
 
     def script(

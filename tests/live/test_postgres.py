@@ -387,6 +387,19 @@ def test_promote_replica_after_primary_crash(live: Live) -> None:
     assert_all_pass(results, "db3")
 
 
+def test_old_primary_with_its_old_configuration_is_fenced(live: Live) -> None:
+    """db1 boots again before the regenerated configuration reaches it: it still says primary.
+    postgresql.service's ExecStartPre (check-no-other-primary.sh) must refuse: db2 accepts writes."""
+    db1 = live.srv("db1")
+    assert db1.opts["role"] == "primary", f"db1: expected its old configuration (primary), got {db1.opts['role']}"
+    with pytest.raises(pg.StartRefused) as refused:
+        db1.start()
+    err = refused.value.result.stderr
+    assert refused.value.result.returncode == 1, f"expected exit 1, got {refused.value.result.returncode}: {err!r}"
+    assert "10.232.0.32:5432 is already a writable primary" in err, f"expected db2 named as the primary, got {err!r}"
+    assert not db1.running(), "db1: expected PostgreSQL not started"
+
+
 def test_multi_host_string_follows_the_promotion(live: Live) -> None:
     got = multi_host_server(live)
     assert got == "10.232.0.32", f"expected the multi-host string to reach the new primary db2, got {got}"
