@@ -7,6 +7,7 @@
 #   single.toml            -> single/hosts/            (single)
 #   cluster.toml           -> cluster/hosts/           (cluster, frontend-failure, promotion)
 #   cluster-promoted.toml  -> cluster-promoted/hosts/  (promotion: app1 after the failover)
+#   backends.toml          -> backends/hosts/          (backends)
 # Regenerate with `synth generate nixos-tests/<x>.toml --out nixos-tests/<x>` and commit.
 { pkgs, self }:
 let
@@ -18,4 +19,5 @@ in
   cluster = import ./cluster.nix args;
   frontend-failure = import ./frontend-failure.nix args;
   promotion = import ./promotion.nix args;
+  backends = import ./backends.nix args;
 }

@@ -15,6 +15,8 @@ start_all: Callable[[], None]
 subtest: Callable[[str], AbstractContextManager[None]]
 
 # ---- nodes (the `nodes` of every scenario)
+api1: Machine
+api2: Machine
 app1: Machine
 client: Machine
 db1: Machine
@@ -22,6 +24,7 @@ db2: Machine
 fe1: Machine
 fe2: Machine
 lemmy1: Machine
+media1: Machine
 
 # ---- parameters set by lib.nix `script { params = ...; }`
 DOMAIN: str
@@ -33,6 +36,8 @@ SECRET_FILES: list[str]
 RUNTIME_CONFIG: str
 STORE_PATHS: str
 LEMMY1: str
+API1: str
+API2: str
 APP1: str
 DB1: str
 DB2: str

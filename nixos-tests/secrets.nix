@@ -35,6 +35,7 @@ let
   # Every unit that reads one of the files.
   consumers =
     lib.optional lc.backend.enable "lemmy.service"
+    ++ lib.optional (lc.backend.enable && lc.backend.federation.sending == "dedicated") "lemmy-federate.service"
     ++ lib.optional lc.pictrs.enable "pict-rs.service"
     ++ lib.optionals lc.postgres.enable [
       "lemmy-cluster-pg-passfile.service"
