@@ -277,6 +277,13 @@ in
         description = "Lemmy federation sender, shard ${toString cfg.federation.index}/${toString cfg.federation.count} (lemmy-cluster ${top.clusterName})";
         runtimeDirectory = "lemmy-federate";
         switches = on "LEMMY_DISABLE_HTTP_SERVER" // on "LEMMY_DISABLE_SCHEDULED_TASKS" // shard;
+      }
+      // {
+        # Both processes run pending migrations at start; let lemmy_server go first.
+        after = [
+          "network-online.target"
+          "lemmy.service"
+        ];
       };
     };
 

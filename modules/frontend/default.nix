@@ -177,14 +177,22 @@ in
       upstreams = {
         lemmy_backend = {
           servers = lib.genAttrs cfg.backends (_: health);
-          extraConfig = "keepalive 16;";
+          # Lemmy closes idle connections after 5 s; reusing one it is just closing would fail a
+          # POST that nginx may not retry. Drop idle connections first.
+          extraConfig = ''
+            keepalive 16;
+            keepalive_timeout 4s;
+          '';
         };
         lemmy_ui = {
           servers = {
             ${localUi} = health;
           }
           // lib.genAttrs cfg.uiPeers (_: health // { backup = true; });
-          extraConfig = "keepalive 8;";
+          extraConfig = ''
+            keepalive 8;
+            keepalive_timeout 4s;
+          '';
         };
       }
       // lib.optionalAttrs (cfg.acmePeers != [ ]) {

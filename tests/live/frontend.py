@@ -193,9 +193,11 @@ http {{
 
     upstream lemmy_backend {{
 {backend_servers}        keepalive 16;
+        keepalive_timeout 4s;
     }}
     upstream lemmy_ui {{
 {ui_servers}        keepalive 8;
+        keepalive_timeout 4s;
     }}
 {acme_upstream}
     # "lemmy-cluster-http": port 80, ACME challenges, then {port80_what}.
