@@ -9,6 +9,8 @@
 #   LEMMY_CLUSTER_DB_USER, LEMMY_CLUSTER_DB_HOSTS (host:port,host:port,...), LEMMY_CLUSTER_DB_NAME,
 #   LEMMY_CLUSTER_DB_PARAMS (query string without '?', may be empty).
 # Secrets are read by jq from files: none is ever on a command line. OUTPUT gets mode 0600.
+# A secret is its file's content without one trailing newline (the rule of every lemmy-cluster
+# script, and of psql's `\set x `cat file``).
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
@@ -35,7 +37,7 @@ jq \
     --arg hosts "$LEMMY_CLUSTER_DB_HOSTS" \
     --arg db "$LEMMY_CLUSTER_DB_NAME" \
     --arg params "${LEMMY_CLUSTER_DB_PARAMS:-}" \
-    'def secret: rtrimstr("\n") | rtrimstr("\r");
+    'def secret: rtrimstr("\n");
      .database.uri = "postgresql://\($user | @uri):\($dbpw | secret | @uri)@\($hosts)/\($db | @uri)"
                      + (if $params == "" then "" else "?\($params)" end)
      | .pictrs.api_key = ($apikey | secret)

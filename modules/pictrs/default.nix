@@ -177,14 +177,22 @@ in
         ExecStart = lib.mkForce (
           pkgs.writeShellScript "pict-rs-with-secrets" (
             ''
-              PICTRS__SERVER__API_KEY="$(< "$CREDENTIALS_DIRECTORY/api-key")"
+              # A secret is its file's content without one trailing newline (as everywhere in
+              # lemmy-cluster); $(<file) alone would drop every trailing newline.
+              read_secret() {
+                local v
+                v=$(cat "$CREDENTIALS_DIRECTORY/$2"; printf x)
+                v=''${v%x}
+                printf -v "$1" '%s' "''${v%$'\n'}"
+              }
+              read_secret PICTRS__SERVER__API_KEY api-key
               export PICTRS__SERVER__API_KEY
             ''
             + lib.optionalString shared ''
               password="$(jq -rn --rawfile p "$CREDENTIALS_DIRECTORY/db-password" '$p | rtrimstr("\n") | @uri')"
               PICTRS__REPO__URL="postgres://${cfg.repo.user}:$password@${hostPort cfg.repo.host cfg.repo.port}/${cfg.repo.name}"
-              PICTRS__STORE__ACCESS_KEY="$(< "$CREDENTIALS_DIRECTORY/s3-access-key")"
-              PICTRS__STORE__SECRET_KEY="$(< "$CREDENTIALS_DIRECTORY/s3-secret-key")"
+              read_secret PICTRS__STORE__ACCESS_KEY s3-access-key
+              read_secret PICTRS__STORE__SECRET_KEY s3-secret-key
               export PICTRS__REPO__URL PICTRS__STORE__ACCESS_KEY PICTRS__STORE__SECRET_KEY
               unset password
             ''

@@ -288,7 +288,12 @@ in
       # Fencing: a machine configured as the primary refuses to start while another PostgreSQL
       # machine already accepts writes (an old primary booting after a failover, before its new
       # configuration is deployed), instead of forking the cluster's history.
+      # nixpkgs' setup (CREATE DATABASE, roles) would wait for a synchronous standby that cannot
+      # connect yet on a first start: its psql commits locally (the server ignores PGOPTIONS).
+      postgresql-setup.environment.PGOPTIONS = "-c synchronous_commit=local";
+
       postgresql = {
+        environment.PGOPTIONS = "-c synchronous_commit=local";
         after = [ "lemmy-cluster-pg-passfile.service" ];
         serviceConfig.ExecStartPre = lib.mkIf (isPrimary && cfg.replicationPeers != [ ]) [
           "${pkgs.bash}/bin/bash ${scripts}/check-no-other-primary.sh ${
@@ -355,6 +360,9 @@ in
           fi
           psql -X -v ON_ERROR_STOP=1 -d postgres <<'SQL'
           SET log_statement = 'none';
+          -- With synchronous standbys configured, a commit waits for one of them; but they can
+          -- only connect once this very script has set the replication password.
+          SET synchronous_commit = local;
           \set lemmy_pw `cat "$CREDENTIALS_DIRECTORY/db-password"`
           \set repl_pw `cat "$CREDENTIALS_DIRECTORY/replication-password"`
           ALTER ROLE "${cfg.user}" WITH LOGIN PASSWORD :'lemmy_pw';

@@ -15,7 +15,12 @@ if [ ! -r "$password_file" ]; then
     echo "write-pgpass: cannot read the password file $password_file" >&2
     exit 1
 fi
-password=$(<"$password_file")    # command substitution drops the trailing newline
+# The value is the file's content without one trailing newline: the same rule as psql's
+# `\set x `cat file`` (lemmy-cluster-pg-setup sets the role's password that way) and jq's
+# rtrimstr("\n") in the backend's write-config.sh. (A plain $(<file) would drop every newline.)
+password=$(cat "$password_file"; printf x)
+password=${password%x}
+password=${password%$'\n'}
 if [ -z "$password" ]; then
     echo "write-pgpass: the password file $password_file is empty" >&2
     exit 1
