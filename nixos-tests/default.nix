@@ -8,6 +8,7 @@
 #   cluster.toml           -> cluster/hosts/           (cluster, frontend-failure, promotion)
 #   cluster-promoted.toml  -> cluster-promoted/hosts/  (promotion: app1 after the failover)
 #   backends.toml          -> backends/hosts/          (backends)
+#   pictrs-shared.toml     -> pictrs-shared/hosts/     (pictrs-shared; its S3 server: s3.nix)
 # Regenerate with `synth generate nixos-tests/<x>.toml --out nixos-tests/<x>` and commit.
 { pkgs, self }:
 let
@@ -20,4 +21,5 @@ in
   frontend-failure = import ./frontend-failure.nix args;
   promotion = import ./promotion.nix args;
   backends = import ./backends.nix args;
+  pictrs-shared = import ./pictrs-shared.nix args;
 }

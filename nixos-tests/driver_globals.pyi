@@ -25,6 +25,8 @@ fe1: Machine
 fe2: Machine
 lemmy1: Machine
 media1: Machine
+media2: Machine
+s3: Machine
 
 # ---- parameters set by lib.nix `script { params = ...; }`
 DOMAIN: str
@@ -41,10 +43,15 @@ API2: str
 APP1: str
 DB1: str
 DB2: str
+MEDIA1: str
+MEDIA2: str
 FE1: str
 FE2: str
 BACKEND_PORT: int
 UI_PORT: int
 PICTRS_PORT: int
+PICTRS_PROXY_PORT: int
+PICTRS_DB: str
+S3_TARGET: str
 PG_PORT: int
 PROMOTED_SYSTEM: str

@@ -6,9 +6,10 @@
 # the same secret (the db password on the backend and on PostgreSQL, the pict-rs key on the
 # backend and pict-rs), so each value is derived from a fixed seed and the file's name.
 #
-# The seed is in the Nix store, which is world-readable: acceptable ONLY because this is a test
-# whose machines live for minutes and hold nothing. The derived values themselves never pass
-# through Nix, so the `single` test can check that no secret value is in the store.
+# The derivation (seed and name) is in secret-values.nix, shared with s3.nix: the seed is in the
+# Nix store, which is world-readable, acceptable ONLY because this is a test whose machines live
+# for minutes and hold nothing. The derived values themselves never pass through Nix, so the
+# `single` test can check that no secret value is in the store.
 {
   config,
   lib,
@@ -17,7 +18,8 @@
 }:
 let
   lc = config.services.lemmy-cluster;
-  seed = "lemmy-cluster VM test seed, not a secret";
+  values = import ./secret-values.nix;
+  pictrsShared = lc.pictrs.store == "object_storage";
 
   files = lib.unique (
     lib.optionals lc.backend.enable [
@@ -25,14 +27,30 @@ let
       lc.backend.pictrsApiKeyFile
       lc.backend.setup.adminPasswordFile
     ]
-    ++ lib.optionals lc.pictrs.enable [ lc.pictrs.apiKeyFile ]
-    ++ lib.optionals lc.postgres.enable [
-      lc.postgres.passwordFile
-      lc.postgres.replicationPasswordFile
-    ]
+    ++ lib.optionals lc.pictrs.enable (
+      [ lc.pictrs.apiKeyFile ]
+      # null while unset: the pictrs module's assertion names the missing option.
+      ++ lib.optionals pictrsShared (
+        lib.filter (f: f != null) [
+          lc.pictrs.repo.passwordFile
+          lc.pictrs.objectStorage.accessKeyFile
+          lc.pictrs.objectStorage.secretKeyFile
+        ]
+      )
+    )
+    ++ lib.optionals lc.postgres.enable (
+      [
+        lc.postgres.passwordFile
+        lc.postgres.replicationPasswordFile
+      ]
+      ++ lib.optional (
+        lc.postgres.pictrsDatabase.enable && lc.postgres.pictrsDatabase.passwordFile != null
+      ) lc.postgres.pictrsDatabase.passwordFile
+    )
   );
 
-  # Every unit that reads one of the files.
+  # Every unit that reads one of the files (pict-rs.service: also the repository password and
+  # the S3 keys; lemmy-cluster-pg-setup.service: also pict-rs's database password).
   consumers =
     lib.optional lc.backend.enable "lemmy.service"
     ++ lib.optional (lc.backend.enable && lc.backend.federation.sending == "dedicated") "lemmy-federate.service"
@@ -57,12 +75,13 @@ in
         RemainAfterExit = true;
         UMask = "0077";
       };
-      # 32 hex characters per secret (Lemmy wants 10 to 60 for the admin password), no newline.
+      # 32 hex characters per secret, no newline (secret-values.nix).
       script = ''
+        ${values.shellFunction}
         for f in ${lib.escapeShellArgs files}; do
           mkdir -p "$(dirname "$f")"
           if [ ! -s "$f" ]; then
-            printf '%s' "${seed}:$(basename "$f")" | sha256sum | cut -c1-32 | tr -d '\n' >"$f.tmp"
+            test_secret "$(basename "$f")" >"$f.tmp"
             mv "$f.tmp" "$f"
           fi
           chmod 0400 "$f"
