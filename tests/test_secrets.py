@@ -128,3 +128,17 @@ def test_push_script_installs_compares_and_reports(tmp_path: Path) -> None:
     assert push({a: b"two\n", b: binary}) == {a: "changed", b: "unchanged"}
     assert Path(a).read_bytes() == b"two\n"
     assert sorted(p.name for p in folder.iterdir()) == ["lemmy-db-password", "pictrs-api-key"], "no temporary left"
+
+
+def test_init_never_invents_the_s3_keys(tmp_path: Path) -> None:
+    """Shared pict-rs storage: the S3 keys come from the provider; init says so and makes none."""
+    toml = tmp_path / "cluster.toml"
+    toml.write_text((EXAMPLES / "large.toml").read_text())
+    code, out, err = run("secrets", "init", str(toml))
+    assert code == 0, err
+    folder = tmp_path / "secrets"
+    assert (folder / "pictrs-db-password").is_file(), "pict-rs's database password is ours to make"
+    for name in ("s3-access-key", "s3-secret-key"):
+        assert not (folder / name).exists(), f"{name} must come from the S3 provider"
+        assert f"missing: {folder / name}: put the key your S3 provider gave you there" in out
+    assert ", 2 to provide in " in out

@@ -297,10 +297,13 @@ in
 
     services.nginx = lib.mkIf (cfg.pictrsUpstreams != [ ]) {
       enable = true;
-      upstreams.lemmy_pictrs.servers = lib.genAttrs cfg.pictrsUpstreams (_: {
-        max_fails = 3;
-        fail_timeout = "10s";
-      });
+      upstreams.lemmy_pictrs = {
+        servers = lib.genAttrs cfg.pictrsUpstreams (_: {
+          max_fails = 3;
+          fail_timeout = "10s";
+        });
+        extraConfig = "zone lemmy_pictrs 64k;";
+      };
       virtualHosts.lemmy-cluster-pictrs = {
         serverName = "lemmy-cluster-pictrs";
         listen = [

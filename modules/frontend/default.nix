@@ -179,7 +179,9 @@ in
           servers = lib.genAttrs cfg.backends (_: health);
           # Lemmy closes idle connections after 5 s; reusing one it is just closing would fail a
           # POST that nginx may not retry. Drop idle connections first.
+          # zone: the passive health checks are counted once for all nginx workers.
           extraConfig = ''
+            zone lemmy_backend 64k;
             keepalive 16;
             keepalive_timeout 4s;
           '';
@@ -190,6 +192,7 @@ in
           }
           // lib.genAttrs cfg.uiPeers (_: health // { backup = true; });
           extraConfig = ''
+            zone lemmy_ui 64k;
             keepalive 8;
             keepalive_timeout 4s;
           '';

@@ -370,6 +370,9 @@ in
           ${lib.optionalString pictrsDb.enable ''
             \set pictrs_pw `cat "$CREDENTIALS_DIRECTORY/pictrs-db-password"`
             ALTER ROLE "${pictrsDb.user}" WITH LOGIN PASSWORD :'pictrs_pw';
+            -- pict-rs creates its tables and the pgcrypto extension: it must own its database
+            -- (nixpkgs' ensureDBOwnership covers only a database named like the role).
+            ALTER DATABASE "${pictrsDb.name}" OWNER TO "${pictrsDb.user}";
           ''}
           ${slotSql}
           SQL

@@ -41,6 +41,10 @@ def secrets() -> None:
     """Create the cluster's secrets here (init) and install them on the machines (push)."""
 
 
+# Secrets that come from elsewhere (the S3 provider) and that init therefore never invents.
+PROVIDED = frozenset({"s3_access_key", "s3_secret_key"})
+
+
 @secrets.command("init")
 @CLUSTER_ARG
 @user_errors
@@ -60,7 +64,7 @@ def init(cluster_file: Path) -> None:
         raise NotADirectoryError(f"{folder} exists and is not a folder")
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
-    created = kept = 0
+    created = kept = missing = 0
     for key, filename in SECRET_FILES.items():
         if key not in needed:
             continue
@@ -74,6 +78,11 @@ def init(cluster_file: Path) -> None:
                 click.echo(f"kept: {path}")
             kept += 1
             continue
+        if key in PROVIDED:
+            # The S3 provider issues these keys; a made-up one would only fail later, at pict-rs.
+            click.echo(f"missing: {path}: put the key your S3 provider gave you there (one line, mode 0600)")
+            missing += 1
+            continue
         # 32 random bytes: 43 URL-safe characters (Lemmy's admin password must be 10-60 characters).
         value = rnd.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -81,7 +90,7 @@ def init(cluster_file: Path) -> None:
             f.write(value + "\n")
         click.echo(f"created: {path}")
         created += 1
-    click.echo(f"{created} created, {kept} kept in {folder}")
+    click.echo(f"{created} created, {kept} kept" + (f", {missing} to provide" if missing else "") + f" in {folder}")
     if _git_ignored(folder) is False:
         click.echo(
             f"warning: {folder} is not ignored by git; add `/{SECRETS_DIR}/` to .gitignore so that the "

@@ -192,11 +192,13 @@ http {{
     include {m / "routing-http.conf"};
 
     upstream lemmy_backend {{
-{backend_servers}        keepalive 16;
+{backend_servers}        zone lemmy_backend 64k;
+        keepalive 16;
         keepalive_timeout 4s;
     }}
     upstream lemmy_ui {{
-{ui_servers}        keepalive 8;
+{ui_servers}        zone lemmy_ui 64k;
+        keepalive 8;
         keepalive_timeout 4s;
     }}
 {acme_upstream}
@@ -331,6 +333,9 @@ class RoutingFixtureServer(ThreadingHTTPServer):
 
 class _RoutingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as nginx's upstream keepalive expects
+    # Headers and body go out in two writes: with Nagle's algorithm the body waits for the peer's
+    # delayed ACK of the headers (about 40 ms per answer on a keep-alive connection). Answer at once.
+    disable_nagle_algorithm = True
     server: RoutingFixtureServer
 
     def _answer(self) -> None:

@@ -28,8 +28,12 @@ tool() { if [ -n "$bindir" ]; then echo "$bindir/$1"; else echo "$1"; fi; }
 sql() { "$(tool psql)" -w -XAt -v ON_ERROR_STOP=1 -h "$host" -p "$port" -d postgres -c "$1"; }
 
 [[ $timeout =~ ^[0-9]+$ ]] || { echo "promote: --timeout must be a number of seconds" >&2; exit 2; }
-if ! state=$(sql "SELECT pg_is_in_recovery()" 2>&1); then
-    echo "promote: cannot query the local server on $host:$port: $state" >&2
+# Only psql's stdout is the answer: its warnings (e.g. "could not change directory" when run
+# from root's home as postgres) go to stderr and must not be mistaken for it.
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+if ! state=$(sql "SELECT pg_is_in_recovery()" 2>"$errors"); then
+    echo "promote: cannot query the local server on $host:$port: $(cat "$errors")" >&2
     exit 1
 fi
 if [ "$state" != "t" ]; then
