@@ -12,7 +12,7 @@ let
   cfg = config.services.lemmy-cluster;
   inherit (lib) mkOption types;
 
-  isIPv6 = lib.hasInfix ":";
+  inherit (import ./lib.nix { inherit lib; }) isIPv6;
   ruleType = types.submodule {
     options = {
       port = mkOption {

@@ -19,7 +19,7 @@ let
   top = config.services.lemmy-cluster;
   inherit (lib) mkOption types;
 
-  hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
+  inherit (import ../lib.nix { inherit lib; }) hostPort;
 
   # Everything Lemmy needs except the secrets (added by write-config.sh at start).
   template = {

@@ -22,7 +22,7 @@ let
   top = config.services.lemmy-cluster;
   inherit (lib) mkOption types;
 
-  hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
+  inherit (import ../lib.nix { inherit lib; }) hostPort;
   localUi = hostPort cfg.uiListenAddress cfg.uiPort;
   health = {
     max_fails = cfg.maxFails;

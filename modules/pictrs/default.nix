@@ -20,7 +20,7 @@ let
   top = config.services.lemmy-cluster;
   inherit (lib) mkOption types;
   shared = cfg.store == "object_storage";
-  hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
+  inherit (import ../lib.nix { inherit lib; }) hostPort;
 in
 {
   options.services.lemmy-cluster.pictrs = {

@@ -33,7 +33,7 @@ let
 
   isPrimary = cfg.role == "primary";
   pictrsDb = cfg.pictrsDatabase;
-  cidr = addr: if lib.hasInfix ":" addr then "${addr}/128" else "${addr}/32";
+  inherit (import ../lib.nix { inherit lib; }) cidr;
   scripts = ./scripts;
   pgBin = "${pgcfg.finalPackage}/bin";
   runtimeDir = "/run/lemmy-cluster-pg";
