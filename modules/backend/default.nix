@@ -257,6 +257,13 @@ in
         message = "services.lemmy-cluster.backend: a secret file points into the Nix store, which is world-readable; keep secrets in root-owned files outside it.";
       }
       {
+        # The pinned Lemmy major: the config file shape, the LEMMY_* switches (from 0.19.4) and
+        # /api/v3 that this module and the tests rely on.
+        assertion =
+          lib.versions.majorMinor cfg.package.version == "0.19" && lib.versionAtLeast cfg.package.version "0.19.4";
+        message = "services.lemmy-cluster.backend: lemmy-cluster supports Lemmy 0.19.4 to 0.19.x, but backend.package is ${cfg.package.version}. Use the flake's nixpkgs (NixOS 26.05) or set backend.package to a Lemmy 0.19 build.";
+      }
+      {
         assertion = !config.services.lemmy.enable;
         message = "services.lemmy-cluster.backend and nixpkgs' services.lemmy both run lemmy_server; disable services.lemmy on this machine.";
       }

@@ -145,6 +145,11 @@ in
   config = lib.mkIf (top.enable && cfg.enable) {
     assertions = [
       {
+        # lemmy-ui 0.19's environment variables (LEMMY_UI_LEMMY_INTERNAL_HOST, ...); 1.0 renamed them.
+        assertion = lib.versions.majorMinor cfg.uiPackage.version == "0.19";
+        message = "services.lemmy-cluster.frontend: lemmy-cluster supports lemmy-ui 0.19, but frontend.uiPackage is ${cfg.uiPackage.version}; use the flake's nixpkgs (NixOS 26.05) or a lemmy-ui 0.19 build.";
+      }
+      {
         assertion = cfg.tls != "acme" || cfg.acmeEmail != null;
         message = "services.lemmy-cluster.frontend.tls = \"acme\" needs frontend.acmeEmail (the ACME account's contact).";
       }
