@@ -200,6 +200,10 @@ def test_promote_refuses_an_unreachable_replica(workdir: Path) -> None:
 def test_plan_since_git_revision(workdir: Path) -> None:
     import subprocess
 
+    from tests.conftest import require_tool
+
+    require_tool("git")
+
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
 

@@ -15,7 +15,7 @@ import pytest
 
 from synth.remote import SshOptions, parse_push_output, push_script, ssh_argv
 from synth.topology import SECRET_FILES
-from tests.conftest import EXAMPLES, require_root
+from tests.conftest import EXAMPLES, require_root, require_tool
 from tests.test_cli import run
 
 
@@ -70,9 +70,7 @@ def test_init_never_overwrites(cluster: Path) -> None:
 
 
 def test_init_warns_when_git_does_not_ignore_secrets(cluster: Path) -> None:
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git is not installed")
+    git = require_tool("git")
     subprocess.run([git, "init", "-q", str(cluster.parent)], check=True)
     code, _, err = run("secrets", "init", str(cluster))
     assert code == 0
