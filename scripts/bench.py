@@ -60,7 +60,7 @@ def big_cluster_toml(n: int) -> str:
 def timing(best: float, median: float, unit: str = "s") -> str:
     if unit == "ms":
         return f"{best * 1000:.0f} ms best, {median * 1000:.0f} ms median"
-    return timing(best, median)
+    return f"{best:.3f} s best, {median:.3f} s median"
 
 
 def best_of(runs: int, fn: Callable[[], object]) -> tuple[float, float]:
