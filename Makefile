@@ -49,7 +49,8 @@ lint: setup
 test: system-deps setup lint
 	$(BIN)/python -m pytest
 
-bench: system-deps setup
+bench: setup
+	bash scripts/install-system-deps.sh --bench
 	$(BIN)/python scripts/bench.py
 
 # After an intended change of the generated output: regenerate, then REVIEW `git diff tests/golden`.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages the tests use (Debian/Ubuntu, as root): Nix's nix-instantiate for
 # parse/eval checks, nginx and PostgreSQL for the live tests, iproute2 for network namespaces,
-# OpenSSH so the live tests reach their hosts over SSH, jq for the backend's config script.
+# OpenSSH so the live tests reach their hosts over SSH, jq for the backend's config script;
+# with --bench also wrk, for `make bench`.
 # Installs only what is missing; does nothing (but say so) when not root.
 set -euo pipefail
 
@@ -16,6 +17,10 @@ have ssh-keygen || need+=(openssh-client)
 have jq || need+=(jq)
 have awk || need+=(gawk)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# `make bench` measures requests per second with wrk (a Python load generator stands in without it).
+if [ "${1:-}" = "--bench" ]; then
+    have wrk || need+=(wrk)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
