@@ -108,7 +108,7 @@ in
       type = types.listOf types.str;
       default = [ ];
       example = [ "10.0.0.11" ];
-      description = "Addresses of the other frontends, allowed to reach this lemmy-ui and port 80 (firewall).";
+      description = "Addresses of the frontends that use this lemmy-ui as their backup (firewall).";
     };
     acmePeers = mkOption {
       type = types.listOf types.str;
