@@ -107,6 +107,23 @@ def test_promote_a_healthy_replica(promote_lab: Promote) -> None:
     assert "app1" in r.stdout.split("Deploy next", 1)[1], "the backend is in the list"
 
 
+def test_promoted_machine_restarts_before_its_new_configuration_is_deployed(promote_lab: Promote) -> None:
+    """db2 was promoted but still runs the replica configuration (primary: db1, which is dead).
+
+    Its bootstrap unit runs again at every start; it must let db2 start as the primary it now is,
+    not refuse it as a stale primary (that refusal is for a machine whose configured primary is a
+    writable primary: test_postgres.py)."""
+    lab = promote_lab.lab
+    db2 = lab.servers["db2"]
+    r = lab.bootstrap(db2)  # the module's lemmy-cluster-pg-bootstrap, replica-of-db1 arguments
+    assert r.returncode == 0, f"expected exit 0, got {r.returncode}: {r.stdout}{r.stderr}"
+    assert "this machine was promoted and its configuration has not caught up" in r.stdout, r.stdout
+    assert "(unreachable)" in r.stdout, "db1 is down"
+    db2.stop()
+    db2.start()
+    assert not db2.in_recovery(), "db2 comes back as the primary"
+
+
 def test_promote_refuses_a_machine_that_is_not_a_healthy_replica(promote_lab: Promote) -> None:
     # db1 is down (killed above) and the file now names db2 as the primary: db1 is no replica.
     before = promote_lab.cluster_file.read_text()

@@ -10,8 +10,11 @@
 #                        [--application-name NAME] [--bin-dir DIR] [--wait-for-primary]
 #
 # - A data directory that already is a standby (standby.signal): nothing to do, exit 0.
-# - A data directory without standby.signal holds a primary's history: refuse (exit 1). Starting
-#   it as a replica would fork the cluster; rejoin-as-replica.sh clones afresh and keeps it aside.
+# - A data directory without standby.signal holds a primary's history. If the configured primary
+#   is a writable primary, this machine is an old primary: refuse (exit 1), since starting it
+#   would fork the cluster; rejoin-as-replica.sh clones afresh and keeps it aside. Otherwise (the
+#   configured primary is unreachable or a standby) this machine was promoted and its
+#   configuration has not caught up yet: let it start as the primary it is (exit 0).
 # - Otherwise: check that the primary answers and accepts the credentials (clear message if not;
 #   with --wait-for-primary, say so and try again every 10 s: a replica may boot before its
 #   primary, or before the primary has set the replication password),
@@ -55,14 +58,45 @@ if [ -n "$slot" ] && ! [[ $slot =~ ^[a-z0-9_]{1,63}$ ]]; then
     die "invalid slot name '$slot': use lowercase letters, digits and '_'"
 fi
 
+# A private folder for the libpq password file (and, below, the clone), removed on exit.
+cleanup=()
+trap 'rm -rf "${cleanup[@]}"' EXIT
+passwords() {
+    if [ -n "$password_file" ]; then
+        local dir
+        dir=$(mktemp -d)
+        cleanup+=("$dir")
+        "$BASH" "$here/write-pgpass.sh" "$user" "$password_file" "$dir/pgpass"
+        pgpass="$dir/pgpass"
+        password_file=""
+    elif [ ! -r "$pgpass" ]; then
+        die "cannot read the password file $pgpass"
+    fi
+    export PGPASSFILE="$pgpass" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
+}
+
 if [ -e "$pgdata/PG_VERSION" ]; then
     if [ -e "$pgdata/standby.signal" ]; then
         echo "bootstrap-replica: $pgdata is already a standby; nothing to do"
         exit 0
     fi
-    die "$pgdata holds a database that is not a standby (no standby.signal): this machine was a primary." \
-        "Refusing to start it as a replica of $host, which would fork the cluster's history." \
-        "To make it follow $host, run rejoin-as-replica (it keeps the old data beside it)."
+    # A primary's data, but this machine is configured as a replica of $host. Either it is an
+    # old primary ($host took over: it must not start, or the cluster's history forks), or it
+    # was just promoted and its configuration has not caught up ($host is the lost old primary).
+    # Ask $host which.
+    passwords
+    state=$("$(tool psql)" -w -XAt -d "host=$host port=$port user=$user dbname=postgres" \
+        -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)
+    if [ "$state" = "f" ]; then
+        die "$pgdata holds a database that is not a standby (no standby.signal), and $host:$port is" \
+            "a writable primary: this machine was a primary before $host took over. Refusing to start it," \
+            "which would fork the cluster's history. To make it follow $host, run rejoin-as-replica" \
+            "(it keeps the old data beside it)."
+    fi
+    echo "bootstrap-replica: $pgdata holds a primary's data and $host:$port is not a writable primary" \
+        "(${state:+in recovery}${state:-unreachable}): this machine was promoted and its configuration" \
+        "has not caught up; starting it as the primary it is (deploy the regenerated configuration)"
+    exit 0
 fi
 if [ -d "$pgdata" ] && [ -n "$(ls -A "$pgdata")" ]; then
     die "$pgdata is not empty but holds no database (no PG_VERSION); move it away and run again"
@@ -71,14 +105,8 @@ fi
 parent=$(dirname "$pgdata")
 mkdir -p "$parent"
 work=$(mktemp -d "$parent/.$(basename "$pgdata").bootstrap.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-if [ -n "$password_file" ]; then
-    "$BASH" "$here/write-pgpass.sh" "$user" "$password_file" "$work/pgpass"
-    pgpass="$work/pgpass"
-elif [ ! -r "$pgpass" ]; then
-    die "cannot read the password file $pgpass"
-fi
-export PGPASSFILE="$pgpass" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
+cleanup+=("$work")
+passwords
 conn="host=$host port=$port user=$user"
 
 while ! out=$("$(tool psql)" -w -XAt -d "$conn dbname=replication replication=true" -c "IDENTIFY_SYSTEM" 2>&1); do
