@@ -358,6 +358,11 @@ in
             echo "standby: roles and slots come from the primary"
             exit 0
           fi
+          ${lib.optionalString isPrimary ''
+            # The configuration has caught up with a promotion: the marker promote.sh left has done
+            # its job (should this machine become a replica again, it must be refused, not started).
+            rm -f ${lib.escapeShellArg "${pgcfg.dataDir}/lemmy-cluster-promoted"}
+          ''}
           psql -X -v ON_ERROR_STOP=1 -d postgres <<'SQL'
           SET log_statement = 'none';
           -- With synchronous standbys configured, a commit waits for one of them; but they can

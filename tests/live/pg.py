@@ -534,6 +534,9 @@ class PgLab:
             )
         script += slot_sql
         srv.psql_run("", stdin=script, env=LOCAL_COMMIT)
+        if opts["role"] == "primary":
+            # The configuration says primary: promote.sh's marker has done its job.
+            (srv.data / "lemmy-cluster-promoted").unlink(missing_ok=True)
 
     def script(
         self,

@@ -110,18 +110,28 @@ def test_promote_a_healthy_replica(promote_lab: Promote) -> None:
 def test_promoted_machine_restarts_before_its_new_configuration_is_deployed(promote_lab: Promote) -> None:
     """db2 was promoted but still runs the replica configuration (primary: db1, which is dead).
 
-    Its bootstrap unit runs again at every start; it must let db2 start as the primary it now is,
-    not refuse it as a stale primary (that refusal is for a machine whose configured primary is a
-    writable primary: test_postgres.py)."""
+    Its bootstrap unit runs again at every start; promote.sh's marker lets db2 start as the primary
+    it now is. An old primary has no marker and is refused, even when its configured primary cannot
+    be reached (a partition must not let it accept writes)."""
     lab = promote_lab.lab
-    db2 = lab.servers["db2"]
+    db1, db2 = lab.servers["db1"], lab.servers["db2"]
+    assert (db2.data / "lemmy-cluster-promoted").exists(), "promote.sh leaves its marker"
     r = lab.bootstrap(db2)  # the module's lemmy-cluster-pg-bootstrap, replica-of-db1 arguments
     assert r.returncode == 0, f"expected exit 0, got {r.returncode}: {r.stdout}{r.stderr}"
-    assert "this machine was promoted and its configuration has not caught up" in r.stdout, r.stdout
-    assert "(unreachable)" in r.stdout, "db1 is down"
+    assert "was promoted to primary (promote.sh)" in r.stdout, r.stdout
     db2.stop()
     db2.start()
     assert not db2.in_recovery(), "db2 comes back as the primary"
+
+    # db1, the old primary, configured as a replica of db2 while db2 is down: still refused.
+    db2.stop()
+    promoted = load(promote_lab.cluster_file)
+    r = lab.script(db1.host, "bootstrap-replica.sh", [*lab.bootstrap_args(db1, promoted), "--password-file",
+                                                      str(lab.replication_password_file)])  # fmt: skip
+    assert r.returncode == 1, f"expected exit 1, got {r.returncode}: {r.stdout}{r.stderr}"
+    assert "this machine was a primary" in r.stderr and "rejoin-as-replica" in r.stderr, r.stderr
+    db2.start()
+    assert not db2.in_recovery()
 
 
 def test_promote_refuses_a_machine_that_is_not_a_healthy_replica(promote_lab: Promote) -> None:

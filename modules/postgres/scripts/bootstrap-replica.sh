@@ -10,11 +10,10 @@
 #                        [--application-name NAME] [--bin-dir DIR] [--wait-for-primary]
 #
 # - A data directory that already is a standby (standby.signal): nothing to do, exit 0.
-# - A data directory without standby.signal holds a primary's history. If the configured primary
-#   is a writable primary, this machine is an old primary: refuse (exit 1), since starting it
-#   would fork the cluster; rejoin-as-replica.sh clones afresh and keeps it aside. Otherwise (the
-#   configured primary is unreachable or a standby) this machine was promoted and its
-#   configuration has not caught up yet: let it start as the primary it is (exit 0).
+# - A data directory without standby.signal holds a primary's history. If promote.sh promoted it
+#   (its marker file is there), the configuration has not caught up yet: start it as the primary
+#   it is (exit 0). Otherwise this machine is an old primary: refuse (exit 1), since starting it
+#   would fork the cluster; rejoin-as-replica.sh clones afresh and keeps it aside.
 # - Otherwise: check that the primary answers and accepts the credentials (clear message if not;
 #   with --wait-for-primary, say so and try again every 10 s: a replica may boot before its
 #   primary, or before the primary has set the replication password),
@@ -49,6 +48,9 @@ die() {
 }
 tool() { if [ -n "$bindir" ]; then echo "$bindir/$1"; else echo "$1"; fi; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Left in the data directory by promote.sh, removed by lemmy-cluster-pg-setup once the machine's
+# configuration says primary.
+PROMOTED_MARKER=lemmy-cluster-promoted
 
 [ -n "$pgdata" ] || die "--pgdata is required"
 [ -n "$host" ] || die "--primary-host is required"
@@ -80,23 +82,18 @@ if [ -e "$pgdata/PG_VERSION" ]; then
         echo "bootstrap-replica: $pgdata is already a standby; nothing to do"
         exit 0
     fi
-    # A primary's data, but this machine is configured as a replica of $host. Either it is an
-    # old primary ($host took over: it must not start, or the cluster's history forks), or it
-    # was just promoted and its configuration has not caught up ($host is the lost old primary).
-    # Ask $host which.
-    passwords
-    state=$("$(tool psql)" -w -XAt -d "host=$host port=$port user=$user dbname=postgres" \
-        -c "SELECT pg_is_in_recovery()" 2>/dev/null || true)
-    if [ "$state" = "f" ]; then
-        die "$pgdata holds a database that is not a standby (no standby.signal), and $host:$port is" \
-            "a writable primary: this machine was a primary before $host took over. Refusing to start it," \
-            "which would fork the cluster's history. To make it follow $host, run rejoin-as-replica" \
-            "(it keeps the old data beside it)."
+    # A primary's data, but this machine is configured as a replica of $host: either it was just
+    # promoted (promote.sh leaves a marker; the configuration has not caught up yet), or it is an
+    # old primary, which must not start: the cluster's history would fork.
+    if [ -e "$pgdata/$PROMOTED_MARKER" ]; then
+        echo "bootstrap-replica: $pgdata was promoted to primary (promote.sh) and this machine's" \
+            "configuration has not caught up yet; starting it as the primary it is (deploy the" \
+            "regenerated configuration)"
+        exit 0
     fi
-    echo "bootstrap-replica: $pgdata holds a primary's data and $host:$port is not a writable primary" \
-        "(${state:+in recovery}${state:-unreachable}): this machine was promoted and its configuration" \
-        "has not caught up; starting it as the primary it is (deploy the regenerated configuration)"
-    exit 0
+    die "$pgdata holds a database that is not a standby (no standby.signal): this machine was a primary." \
+        "Refusing to start it as a replica of $host, which would fork the cluster's history." \
+        "To make it follow $host, run rejoin-as-replica (it keeps the old data beside it)."
 fi
 if [ -d "$pgdata" ] && [ -n "$(ls -A "$pgdata")" ]; then
     die "$pgdata is not empty but holds no database (no PG_VERSION); move it away and run again"

@@ -47,6 +47,9 @@ if [ "$(sql "SELECT pg_promote(true, $timeout)")" != "t" ]; then
     exit 1
 fi
 [ "$(sql "SELECT pg_is_in_recovery()")" = "f" ] || { echo "promote: still in recovery after promotion" >&2; exit 1; }
+# Tell bootstrap-replica.sh (which runs at every start while this machine's configuration still
+# says replica) that this primary's data comes from a promotion, not from an old primary.
+touch "$(sql "SHOW data_directory")/lemmy-cluster-promoted"
 end=$(date +%s.%N)
 
 IFS=, read -r -a wanted <<<"$slots"
