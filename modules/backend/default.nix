@@ -319,17 +319,7 @@ in
             port = cfg.pictrsProxyPort;
           }
         ];
-        extraConfig = ''
-          client_max_body_size 20M;
-          location / {
-            proxy_pass http://lemmy_pictrs;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout http_502 http_503 http_504;
-            proxy_read_timeout 120s;
-          }
-        '';
+        extraConfig = "include ${./pictrs-balancer.conf};";
       };
     };
   };
