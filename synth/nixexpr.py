@@ -2,8 +2,7 @@
 
 Values are plain Python data: dict (attribute set, keys are str), list, str, bool, int and None
 (null). Floats are refused: nothing synth writes needs one, and a lossless round trip through
-Nix's float printing is not guaranteed. ``Raw`` inserts a Nix expression verbatim (used only for a few fixed
-expressions, never for user input). Output is deterministic: keys keep insertion order, which
+Nix's float printing is not guaranteed. Output is deterministic: keys keep insertion order, which
 the renderer chooses.
 """
 
@@ -11,18 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
 # Identifiers that are Nix keywords must be quoted when used as attribute names.
 _KEYWORDS = frozenset({"if", "then", "else", "assert", "with", "let", "in", "rec", "inherit", "or"})
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A Nix expression inserted as is."""
-
-    text: str
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -57,8 +48,6 @@ def _scalar(value: object) -> str | None:
         return f"({value})" if value < 0 else str(value)
     if isinstance(value, str):
         return string(value)
-    if isinstance(value, Raw):
-        return value.text
     return None
 
 
@@ -81,14 +70,10 @@ def render(value: object, indent: int = 0) -> str:
     if isinstance(value, Sequence):
         if not value:
             return "[ ]"
-        if len(value) == 1 and _scalar(value[0]) is not None and not isinstance(value[0], Raw):
+        if len(value) == 1 and _scalar(value[0]) is not None:
             return f"[ {_scalar(value[0])} ]"  # nixfmt keeps one-element lists on one line
         items = []
         for item in value:
-            text = render(item, indent + 1)
-            # Function applications and negative numbers need parentheses inside a list.
-            if isinstance(item, Raw) and " " in text and not text.startswith(("(", "[", "{", '"')):
-                text = f"({text})"
-            items.append(pad + text)
+            items.append(pad + render(item, indent + 1))
         return "[\n" + "\n".join(items) + "\n" + end + "]"
     raise TypeError(f"cannot write {type(value).__name__} as Nix: {value!r}")

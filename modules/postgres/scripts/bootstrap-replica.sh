@@ -60,23 +60,6 @@ if [ -n "$slot" ] && ! [[ $slot =~ ^[a-z0-9_]{1,63}$ ]]; then
     die "invalid slot name '$slot': use lowercase letters, digits and '_'"
 fi
 
-# A private folder for the libpq password file (and, below, the clone), removed on exit.
-cleanup=()
-trap 'rm -rf "${cleanup[@]}"' EXIT
-passwords() {
-    if [ -n "$password_file" ]; then
-        local dir
-        dir=$(mktemp -d)
-        cleanup+=("$dir")
-        "$BASH" "$here/write-pgpass.sh" "$user" "$password_file" "$dir/pgpass"
-        pgpass="$dir/pgpass"
-        password_file=""
-    elif [ ! -r "$pgpass" ]; then
-        die "cannot read the password file $pgpass"
-    fi
-    export PGPASSFILE="$pgpass" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
-}
-
 if [ -e "$pgdata/PG_VERSION" ]; then
     if [ -e "$pgdata/standby.signal" ]; then
         echo "bootstrap-replica: $pgdata is already a standby; nothing to do"
@@ -102,8 +85,14 @@ fi
 parent=$(dirname "$pgdata")
 mkdir -p "$parent"
 work=$(mktemp -d "$parent/.$(basename "$pgdata").bootstrap.XXXXXX")
-cleanup+=("$work")
-passwords
+trap 'rm -rf "$work"' EXIT
+if [ -n "$password_file" ]; then
+    "$BASH" "$here/write-pgpass.sh" "$user" "$password_file" "$work/pgpass"
+    pgpass="$work/pgpass"
+elif [ ! -r "$pgpass" ]; then
+    die "cannot read the password file $pgpass"
+fi
+export PGPASSFILE="$pgpass" PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
 conn="host=$host port=$port user=$user"
 
 while ! out=$("$(tool psql)" -w -XAt -d "$conn dbname=replication replication=true" -c "IDENTIFY_SYSTEM" 2>&1); do
