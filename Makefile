@@ -56,6 +56,7 @@ bench: setup
 # After an intended change of the generated output: regenerate, then REVIEW `git diff tests/golden`.
 golden: setup
 	for ex in single small large; do $(SYNTH) generate examples/$$ex.toml --out tests/golden/$$ex; done
+	$(SYNTH) generate tests/golden/storage.toml --out tests/golden/storage
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results.json

@@ -7,5 +7,6 @@
     ./backend
     ./pictrs
     ./postgres
+    ./storage
   ];
 }

@@ -32,8 +32,12 @@ def add_machine(
     address: str,
     private_address: str | None = None,
     system: str | None = None,
+    storage: dict[str, str] | None = None,
 ) -> str:
-    """TEXT with a new [machines.NAME] table appended after the last machine."""
+    """TEXT with a new [machines.NAME] table appended after the last machine.
+
+    STORAGE: the storage_* and garage_node_id keys of a machine with role "storage".
+    """
     doc = _doc(text, file)
     machines = doc.get("machines")
     if machines is None:
@@ -50,6 +54,8 @@ def add_machine(
     table.add("roles", list(roles))
     if system is not None:
         table.add("system", system)
+    for key, value in (storage or {}).items():
+        table.add(key, value)
     machines[name] = table
     return str(tomlkit.dumps(doc))
 
@@ -100,4 +106,14 @@ def set_primary(text: str, file: str, name: str) -> str:
     if comment:
         new.comment(comment.lstrip("#").strip())
     postgres["primary"] = new
+    return str(tomlkit.dumps(doc))
+
+
+def set_machine_keys(text: str, file: str, values: dict[str, dict[str, str]]) -> str:
+    """TEXT with [machines.NAME] KEY = VALUE for each NAME: {KEY: VALUE}, keeping everything else."""
+    doc = _doc(text, file)
+    for name, keys in values.items():
+        table = doc["machines"][name]
+        for key, value in keys.items():
+            table[key] = value
     return str(tomlkit.dumps(doc))

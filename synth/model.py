@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synth.errors import Problem, SynthError, dotted
 
-Role = Literal["frontend", "backend", "pictrs", "postgres"]
+Role = Literal["frontend", "backend", "pictrs", "postgres", "storage"]
 ROLES: tuple[str, ...] = get_args(Role)
 TlsMode = Literal["acme", "none", "manual"]
 TLS_MODES: tuple[str, ...] = get_args(TlsMode)
@@ -83,6 +83,13 @@ class PictrsSection(_Strict):
     path_style: bool = False
 
 
+class StorageSection(_Strict):
+    # The storage machines run Garage 2 (nixpkgs' garage_2), pinned by the storage module.
+    # How many storage machines hold each object (Garage's replication_factor; it can never change
+    # once data is stored). Default: 3, or the number of storage machines when fewer.
+    replication_factor: int | None = None
+
+
 class SecretsSection(_Strict):
     dir: str = "/var/lib/lemmy-cluster/secrets"
 
@@ -93,6 +100,11 @@ class Machine(_Strict):
     roles: list[Role]
     system: str | None = None
     ssh_user: str = "root"
+    # role "storage" only: the disk space Garage may use here (e.g. "500G"), its zone (default:
+    # the machine's name) and its Garage node id (recorded by `synth secrets init`).
+    storage_capacity: str | None = None
+    storage_zone: str | None = None
+    garage_node_id: str | None = None
 
 
 class Cluster(_Strict):
@@ -100,6 +112,7 @@ class Cluster(_Strict):
     postgres: PostgresSection
     backend: BackendSection = BackendSection()
     pictrs: PictrsSection = PictrsSection()
+    storage: StorageSection = StorageSection()
     secrets: SecretsSection = SecretsSection()
     machines: dict[str, Machine]
 
@@ -115,7 +128,7 @@ class Cluster(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def load(path: Path) -> Cluster:
+def load(path: Path, *, pending_node_ids: bool = False) -> Cluster:
     """Read and validate PATH; raise SynthError with every problem found."""
     file = str(path)
     try:
@@ -126,25 +139,25 @@ def load(path: Path) -> Cluster:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SynthError.single(file, "", f"cannot read: {exc}") from None
-    return parse(text, file)
+    return parse(text, file, pending_node_ids=pending_node_ids)
 
 
-def parse(text: str, file: str = "cluster.toml") -> Cluster:
+def parse(text: str, file: str = "cluster.toml", *, pending_node_ids: bool = False) -> Cluster:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SynthError.single(file, "", f"TOML syntax error: {_toml_message(exc)}") from None
-    return from_data(data, file)
+    return from_data(data, file, pending_node_ids=pending_node_ids)
 
 
-def from_data(data: dict[str, Any], file: str = "cluster.toml") -> Cluster:
+def from_data(data: dict[str, Any], file: str = "cluster.toml", *, pending_node_ids: bool = False) -> Cluster:
     try:
         cluster = Cluster.model_validate(data)
     except ValidationError as exc:
         problems = [_translate(err) for err in exc.errors()]
         problems += _check_raw(data)
         raise SynthError(file, sorted(set(problems))) from None
-    problems = check(cluster)
+    problems = check(cluster, pending_node_ids=pending_node_ids)
     if problems:
         raise SynthError(file, problems)
     return cluster
@@ -245,8 +258,16 @@ def _check_raw(data: dict[str, Any]) -> list[Problem]:
             roles=[r for r in roles if isinstance(r, str)],  # type: ignore[misc]  # unknown ones: pydantic reports them
             system=None,
             ssh_user="root",
+            storage_capacity=_text(raw, "storage_capacity"),
+            storage_zone=_text(raw, "storage_zone"),
+            garage_node_id=_text(raw, "garage_node_id"),
         )
     return problems + _check_machines(well_typed)
+
+
+def _text(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _machine_name_problem(name: str) -> Problem:
@@ -276,8 +297,12 @@ def valid_dns_name(text: str) -> bool:
     return all(_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
 
 
-def check(c: Cluster) -> list[Problem]:
-    """Every rule that involves more than one field. Returns all problems, sorted by path."""
+def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
+    """Every rule that involves more than one field. Returns all problems, sorted by path.
+
+    PENDING_NODE_IDS accepts storage machines without a garage_node_id yet: `synth secrets init`
+    (which records them) and `synth add-machine` (which tells the admin to run it next).
+    """
     p: list[Problem] = []
     cl = c.cluster
     if not _NAME_RE.match(cl.name):
@@ -322,6 +347,7 @@ def check(c: Cluster) -> list[Problem]:
 
     p += _check_machines(c.machines)
     p += _check_roles(c)
+    p += _check_storage(c, pending_node_ids)
     return sorted(p)
 
 
@@ -350,22 +376,23 @@ def _check_pictrs_section(c: Cluster) -> list[Problem]:
     p: list[Problem] = []
     s = c.pictrs
     if s.store == "object_storage":
-        if s.endpoint is None:
+        if s.endpoint is None and not storage_machines(c):
             p.append(
                 Problem(
                     "pictrs.endpoint",
-                    'required with store = "object_storage": the S3 URL, e.g. "https://s3.example.org"',
+                    'required with store = "object_storage": the S3 URL, e.g. "https://s3.example.org"; '
+                    "or give machines the role 'storage' to run the object storage (Garage) in the cluster",
                 )
             )
-        elif not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", s.endpoint):
+        elif s.endpoint is not None and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", s.endpoint):
             p.append(
                 Problem("pictrs.endpoint", f"{s.endpoint!r} is not an http(s) URL such as 'https://s3.example.org'")
             )
-        if s.bucket is None:
+        if s.bucket is None and not storage_machines(c):
             p.append(
                 Problem("pictrs.bucket", 'required with store = "object_storage": the bucket that holds the images')
             )
-        elif not _BUCKET_RE.match(s.bucket):
+        elif s.bucket is not None and not _BUCKET_RE.match(s.bucket):
             p.append(
                 Problem(
                     "pictrs.bucket",
@@ -456,6 +483,7 @@ def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
             p.append(Problem(dotted((*base, "system")), f"{m.system!r} is not a Nix system such as 'x86_64-linux'"))
         if not re.match(r"^[a-z_][a-z0-9_-]*$", m.ssh_user):
             p.append(Problem(dotted((*base, "ssh_user")), "not a valid user name"))
+        p += _check_storage_fields(name, m)
 
         addr = _norm(m.address)
         if addr in public:
@@ -475,6 +503,137 @@ def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
                 )
             else:
                 private[priv] = name
+    return p
+
+
+# Garage's capacity syntax (the bytesize crate), restricted to what reads unambiguously:
+# a whole number and a unit, e.g. "500G", "2T", "750GB", "1TiB".
+_CAPACITY_RE = re.compile(r"^[1-9][0-9]*(M|G|T|P)(B|iB)?$")
+_NODE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_STORAGE_FIELDS = ("storage_capacity", "storage_zone", "garage_node_id")
+
+
+def _check_storage_fields(name: str, m: Machine) -> list[Problem]:
+    p: list[Problem] = []
+    base = ("machines", name)
+    if "storage" not in m.roles:
+        for key in _STORAGE_FIELDS:
+            if getattr(m, key) is not None:
+                p.append(
+                    Problem(
+                        dotted((*base, key)), "only used on machines with role 'storage'; remove it or add the role"
+                    )
+                )
+        return p
+    if m.storage_capacity is None:
+        p.append(
+            Problem(
+                dotted((*base, "storage_capacity")),
+                "required for role 'storage': the disk space Garage may use on this machine, e.g. "
+                'storage_capacity = "500G" (Garage spreads objects in proportion to it)',
+            )
+        )
+    elif not _CAPACITY_RE.match(m.storage_capacity):
+        p.append(
+            Problem(
+                dotted((*base, "storage_capacity")),
+                f'{m.storage_capacity!r} is not a size; write a whole number and a unit, e.g. "500G" or "2T"',
+            )
+        )
+    if m.storage_zone is not None and not _ZONE_RE.match(m.storage_zone):
+        p.append(
+            Problem(
+                dotted((*base, "storage_zone")),
+                f"{m.storage_zone!r} is not a zone name; use letters, digits, '-', '_' or '.' (e.g. \"rack-a\")",
+            )
+        )
+    if m.garage_node_id is not None and not _NODE_ID_RE.match(m.garage_node_id):
+        p.append(
+            Problem(
+                dotted((*base, "garage_node_id")),
+                "not a Garage node id (64 lowercase hex digits); remove the line and run `synth secrets init`, "
+                "which creates the machine's node key and records its id here",
+            )
+        )
+    return p
+
+
+def storage_machines(c: Cluster) -> list[str]:
+    return c.machines_with("storage")
+
+
+def replication_factor(c: Cluster) -> int:
+    """Garage's replication_factor: as configured, else 3 (or fewer storage machines)."""
+    if c.storage.replication_factor is not None:
+        return c.storage.replication_factor
+    return max(1, min(3, len(storage_machines(c))))
+
+
+# The bucket pict-rs uses on the cluster's own storage machines when [pictrs] bucket is not given.
+DEFAULT_GARAGE_BUCKET = "pictrs"
+
+
+def pictrs_bucket(c: Cluster) -> str | None:
+    if c.pictrs.bucket is None and storage_machines(c):
+        return DEFAULT_GARAGE_BUCKET
+    return c.pictrs.bucket
+
+
+def _check_storage(c: Cluster, pending_node_ids: bool) -> list[Problem]:
+    p: list[Problem] = []
+    storage = storage_machines(c)
+    rf = c.storage.replication_factor
+    if not storage:
+        if rf is not None:
+            p.append(
+                Problem(
+                    "storage.replication_factor",
+                    "only used with machines of role 'storage' (Garage); remove it or add storage machines",
+                )
+            )
+        return p
+    if c.pictrs.store != "object_storage":
+        p.append(
+            Problem(
+                "pictrs.store",
+                f"machines {', '.join(storage)} have role 'storage', which holds pict-rs's images in object "
+                'storage; set [pictrs] store = "object_storage", or remove the role',
+            )
+        )
+    if c.pictrs.endpoint is not None:
+        p.append(
+            Problem(
+                "pictrs.endpoint",
+                "the machines with role 'storage' are pict-rs's object storage; remove endpoint, or remove the "
+                "'storage' role to use the external S3 service at this endpoint",
+            )
+        )
+    if rf is not None and not 1 <= rf <= len(storage):
+        p.append(
+            Problem(
+                "storage.replication_factor",
+                f"must be between 1 and the number of storage machines ({len(storage)}); 3 keeps every object "
+                "readable and writable while one machine is down",
+            )
+        )
+    seen: dict[str, str] = {}
+    for name in storage:
+        node_id = c.machines[name].garage_node_id
+        where = dotted(("machines", name, "garage_node_id"))
+        if node_id is None:
+            if not pending_node_ids:
+                p.append(
+                    Problem(
+                        where,
+                        "missing; run `synth secrets init` on this cluster file: it creates the machine's Garage "
+                        "node key (secrets/garage-node-key." + name + ") and records the key's public id here",
+                    )
+                )
+        elif node_id in seen:
+            p.append(Problem(where, f"the same node id as machine {seen[node_id]!r}; each machine needs its own key"))
+        else:
+            seen[node_id] = name
     return p
 
 

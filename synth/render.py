@@ -15,6 +15,7 @@ from synth.model import Cluster
 from synth.topology import (
     DB_NAME,
     DB_USER,
+    GARAGE_KEY_NAME,
     PICTRS_DB_NAME,
     PICTRS_DB_USER,
     REPLICATION_USER,
@@ -100,13 +101,15 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "passwordFile": h.secrets["pictrs_db_password"],
             }
             pictrs["objectStorage"] = {
-                "endpoint": c.pictrs.endpoint,
-                "bucket": c.pictrs.bucket,
+                "endpoint": h.pictrs.endpoint,
+                "bucket": h.pictrs.bucket,
                 "region": c.pictrs.region,
-                "usePathStyle": c.pictrs.path_style,
+                "usePathStyle": h.pictrs.path_style,
                 "accessKeyFile": h.secrets["s3_access_key"],
                 "secretKeyFile": h.secrets["s3_secret_key"],
             }
+            if h.pictrs.s3_upstreams:
+                pictrs["s3Upstreams"] = list(h.pictrs.s3_upstreams)
         lc["pictrs"] = pictrs
     if h.postgres:
         pg = h.postgres
@@ -135,6 +138,29 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "passwordFile": h.secrets["pictrs_db_password"],
                 "allowedClients": list(pg.pictrs_clients),
             }
+    if h.storage:
+        st = h.storage
+        storage: dict[str, Any] = {
+            "enable": True,
+            "nodeId": st.node_id,
+            "nodeKeyFile": h.secrets["garage_node_key"],
+            "rpcSecretFile": h.secrets["garage_rpc_secret"],
+            "replicationFactor": st.replication_factor,
+            "s3Region": st.region,
+            "bootstrapPeers": list(st.bootstrap_peers),
+            "rpcPeers": list(st.rpc_peers),
+            "s3Clients": list(st.s3_clients),
+        }
+        if st.layout:
+            storage["setup"] = {
+                "enable": True,
+                "nodes": [{"id": n.node_id, "zone": n.zone, "capacity": n.capacity} for n in st.layout],
+                "bucket": st.bucket,
+                "keyName": GARAGE_KEY_NAME,
+                "accessKeyFile": h.secrets["s3_access_key"],
+                "secretKeyFile": h.secrets["s3_secret_key"],
+            }
+        lc["storage"] = storage
     return {
         "networking": {"hostName": h.name},
         "system": {"stateVersion": cl.state_version},

@@ -32,6 +32,22 @@ def test_examples_match_golden(example: str) -> None:
         assert text == golden[rel], f"{rel} differs from tests/golden/{example}/{rel}"
 
 
+def test_storage_example_matches_golden() -> None:
+    """examples/storage.toml has no node ids until `synth secrets init` records them; its golden
+    input is the example plus fixed ids, and nothing else."""
+    fixture = GOLDEN / "storage.toml"
+    example = (EXAMPLES / "storage.toml").read_text().splitlines()
+    lines = [ln for ln in fixture.read_text().splitlines() if not ln.startswith("# tests/golden/storage.toml")]
+    body = [ln for ln in lines[2:] if not ln.startswith("garage_node_id = ")]
+    assert body == example, "tests/golden/storage.toml must be examples/storage.toml plus garage_node_id lines"
+    assert sum(ln.startswith("garage_node_id = ") for ln in lines) == 3
+    files = render_files(load(fixture), "storage.toml")
+    golden = committed_outputs(GOLDEN / "storage")
+    assert sorted(files) == sorted(golden), "the set of generated files changed"
+    for rel, text in files.items():
+        assert text == golden[rel], f"{rel} differs from tests/golden/storage/{rel}"
+
+
 def test_generation_is_deterministic() -> None:
     toml = EXAMPLES / "large.toml"
     assert render_files(load(toml), toml.name) == render_files(load(toml), toml.name)

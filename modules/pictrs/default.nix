@@ -120,6 +120,24 @@ in
         description = "File holding the S3 secret key.";
       };
     };
+    s3Upstreams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "10.0.0.41:3900"
+        "10.0.0.42:3900"
+      ];
+      description = ''
+        The S3 APIs of the cluster's storage machines (Garage). When set, nginx on this machine
+        balances them on 127.0.0.1 at `s3ProxyPort`, which is then pict-rs's endpoint
+        (`objectStorage.endpoint`), so that pict-rs keeps working while a storage machine is down.
+      '';
+    };
+    s3ProxyPort = mkOption {
+      type = types.port;
+      default = 3909;
+      description = "Loopback port of the S3 balancer (with s3Upstreams).";
+    };
   };
 
   config = lib.mkIf (top.enable && cfg.enable) {
@@ -138,6 +156,12 @@ in
         message = "services.lemmy-cluster.pictrs.store = \"object_storage\" needs repo.host, repo.passwordFile, objectStorage.endpoint, .bucket, .accessKeyFile and .secretKeyFile.";
       }
       {
+        assertion =
+          cfg.s3Upstreams == [ ]
+          || cfg.objectStorage.endpoint == "http://127.0.0.1:${toString cfg.s3ProxyPort}";
+        message = "services.lemmy-cluster.pictrs.s3Upstreams is set, so pict-rs must use the local S3 balancer: set objectStorage.endpoint to \"http://127.0.0.1:${toString cfg.s3ProxyPort}\".";
+      }
+      {
         assertion = !(lib.hasPrefix "/nix/store" cfg.apiKeyFile);
         message = "services.lemmy-cluster.pictrs.apiKeyFile points into the Nix store, which is world-readable; keep the key in a root-owned file outside it.";
       }
@@ -150,7 +174,7 @@ in
     };
 
     systemd.services.pict-rs = {
-      after = [ "network-online.target" ];
+      after = [ "network-online.target" ] ++ lib.optional (cfg.s3Upstreams != [ ]) "nginx.service";
       wants = [ "network-online.target" ];
       path = lib.optional shared pkgs.jq;
       environment = lib.mkIf shared {
@@ -203,6 +227,30 @@ in
         );
         Restart = "on-failure";
         RestartSec = "5s";
+      };
+    };
+
+    services.nginx = lib.mkIf (cfg.s3Upstreams != [ ]) {
+      enable = true;
+      upstreams.lemmy_garage_s3 = {
+        servers = lib.genAttrs cfg.s3Upstreams (_: {
+          max_fails = 3;
+          fail_timeout = "10s";
+        });
+        extraConfig = ''
+          zone lemmy_garage_s3 64k;
+          keepalive 16;
+        '';
+      };
+      virtualHosts.lemmy-cluster-s3 = {
+        serverName = "lemmy-cluster-s3";
+        listen = [
+          {
+            addr = "127.0.0.1";
+            port = cfg.s3ProxyPort;
+          }
+        ];
+        extraConfig = "include ${./s3-balancer.conf};";
       };
     };
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from synth.cli import CLUSTER_ARG, user_errors
 from synth.commands import folder_of, host_option, make_ssh_options, select, ssh_options
+
+if TYPE_CHECKING:
+    from synth.model import Cluster
 
 SECRETS_DIR = "secrets"
 
@@ -41,33 +45,97 @@ def secrets() -> None:
     """Create the cluster's secrets here (init) and install them on the machines (push)."""
 
 
-# Secrets that come from elsewhere (the S3 provider) and that init therefore never invents.
+# Secrets that come from elsewhere (an external S3 provider) and that init therefore never invents.
 PROVIDED = frozenset({"s3_access_key", "s3_secret_key"})
+
+
+def _new_value(key: str, own_storage: bool) -> str:
+    from synth import garage
+
+    if key == "garage_rpc_secret":
+        return garage.new_rpc_secret()
+    if key == "s3_access_key" and own_storage:
+        return garage.new_access_key_id()
+    if key == "s3_secret_key" and own_storage:
+        return garage.new_secret_key()
+    import secrets as rnd
+
+    # 32 random bytes: 43 URL-safe characters (Lemmy's admin password must be 10-60 characters).
+    return rnd.token_urlsafe(32)
+
+
+def _check_node_keys(c: Cluster, folder: Path, file: str) -> dict[str, str]:
+    """The node id of every storage machine's existing key file; SynthError when a key file is
+    broken or disagrees with the id recorded in the cluster file, or a recorded key is lost."""
+    from synth import garage
+    from synth.errors import Problem, SynthError
+    from synth.model import storage_machines
+    from synth.topology import local_secret_name
+
+    ids: dict[str, str] = {}
+    problems = []
+    for name in storage_machines(c):
+        path = folder / local_secret_name("garage_node_key", name)
+        recorded = c.machines[name].garage_node_id
+        where = f"machines.{name}.garage_node_id"
+        if path.exists():
+            try:
+                ids[name] = garage.read_node_id(path)
+            except garage.NodeKeyError as exc:
+                problems.append(Problem(where, f"{path} is not a Garage node key ({exc}); restore it from your backup"))
+                continue
+            if recorded is not None and recorded != ids[name]:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{recorded} is not the id of the key in {path} ({ids[name]}); restore the key that "
+                        "belongs to this id from your backup, or, if the machine never ran Garage, delete the "
+                        "line and run `synth secrets init` again",
+                    )
+                )
+        elif recorded is not None:
+            problems.append(
+                Problem(
+                    where,
+                    f"recorded, but its key {path} is missing; restore the file from your backup of secrets/, "
+                    "or, if the machine never ran Garage, delete the line and run `synth secrets init` again",
+                )
+            )
+    if problems:
+        raise SynthError(file, problems)
+    return ids
 
 
 @secrets.command("init")
 @CLUSTER_ARG
 @user_errors
 def init(cluster_file: Path) -> None:
-    """Create secrets/ beside CLUSTER with every secret the cluster needs; never overwrite one."""
+    """Create secrets/ beside CLUSTER with every secret the cluster needs; never overwrite one.
+
+    For machines with role "storage" it also creates each one's Garage node key and records the
+    key's public id in CLUSTER (garage_node_id), keeping the file's comments and layout.
+    """
     import os
-    import secrets as rnd
     import stat
 
-    from synth.model import load
-    from synth.topology import SECRET_FILES, plan
+    from synth import garage
+    from synth.edit import set_machine_keys
+    from synth.model import load, parse, storage_machines
+    from synth.topology import local_secret_name, plan
 
-    c = load(cluster_file)
-    needed = {key for hp in plan(c).values() for key in hp.secrets}
+    c = load(cluster_file, pending_node_ids=True)
+    own_storage = bool(storage_machines(c))
     folder = _secrets_dir(cluster_file)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a folder")
+    node_ids = _check_node_keys(c, folder, str(cluster_file))
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
+    wanted = sorted({local_secret_name(key, name) for name, hp in plan(c).items() for key in hp.secrets})
+    keys = {local_secret_name(key, name): (key, name) for name, hp in plan(c).items() for key in hp.secrets}
     created = kept = missing = 0
-    for key, filename in SECRET_FILES.items():
-        if key not in needed:
-            continue
+    for filename in wanted:
+        key, machine = keys[filename]
         path = folder / filename
         if path.exists():
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -78,19 +146,35 @@ def init(cluster_file: Path) -> None:
                 click.echo(f"kept: {path}")
             kept += 1
             continue
-        if key in PROVIDED:
+        if key in PROVIDED and not own_storage:
             # The S3 provider issues these keys; a made-up one would only fail later, at pict-rs.
             click.echo(f"missing: {path}: put the key your S3 provider gave you there (one line, mode 0600)")
             missing += 1
             continue
-        # 32 random bytes: 43 URL-safe characters (Lemmy's admin password must be 10-60 characters).
-        value = rnd.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(value + "\n")
+        if key == "garage_node_key":
+            node_ids[machine] = garage.write_new_node_key(path)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(_new_value(key, own_storage) + "\n")
         click.echo(f"created: {path}")
         created += 1
     click.echo(f"{created} created, {kept} kept" + (f", {missing} to provide" if missing else "") + f" in {folder}")
+    record = {
+        name: {"garage_node_id": node_id}
+        for name, node_id in node_ids.items()
+        if c.machines[name].garage_node_id is None
+    }
+    if record:
+        from synth.cli import _write_cluster_file
+
+        text = cluster_file.read_text(encoding="utf-8")
+        new_text = set_machine_keys(text, str(cluster_file), record)
+        parse(new_text, str(cluster_file))  # the ids are all that was missing
+        _write_cluster_file(cluster_file, new_text)
+        for name in record:
+            click.echo(f"recorded: machines.{name}.garage_node_id in {cluster_file}")
+        click.echo(f"Next: `synth generate {cluster_file}` puts the node ids into hosts/.")
     if _git_ignored(folder) is False:
         click.echo(
             f"warning: {folder} is not ignored by git; add `/{SECRETS_DIR}/` to .gitignore so that the "
@@ -119,17 +203,18 @@ def push(
     from synth.errors import Problem, SynthError
     from synth.model import load
     from synth.remote import PushResult, push_secrets
-    from synth.topology import SECRET_FILES, plan
+    from synth.topology import local_secret_name, plan
 
     c = load(cluster_file)
     opts = make_ssh_options(cluster_file, ssh_option, identity)
     names = select(c, cluster_file, hosts)
     plans = plan(c)
     folder = _secrets_dir(cluster_file)
+    _check_node_keys(c, folder, str(cluster_file))  # a wrong key would keep Garage from starting
     local: dict[str, bytes] = {}
     problems = []
-    for key in sorted({k for n in names for k in plans[n].secrets}):
-        path = folder / SECRET_FILES[key]
+    for filename in sorted({local_secret_name(k, n) for n in names for k in plans[n].secrets}):
+        path = folder / filename
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -140,13 +225,13 @@ def push(
                 Problem("", f"{path} is empty; put the secret in it or delete it and run `synth secrets init`")
             )
             continue
-        local[key] = data
+        local[filename] = data
     if problems:
         raise SynthError(str(cluster_file), problems)
 
     def one(name: str) -> PushResult:
         hp = plans[name]
-        files = {remote: local[key] for key, remote in hp.secrets.items()}
+        files = {remote: local[local_secret_name(key, name)] for key, remote in hp.secrets.items()}
         if not files:
             return PushResult(name, {})
         m = c.machines[name]
