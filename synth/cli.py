@@ -121,10 +121,17 @@ def _write_cluster_file(path: Path, text: str) -> None:
         raise
 
 
-def _edit_cluster(cluster_file: Path, edit: Callable[[str, Cluster], str], out_dir: Path | None) -> Cluster:
+def _edit_cluster(
+    cluster_file: Path,
+    edit: Callable[[str, Cluster], str],
+    out_dir: Path | None,
+    before_write: Callable[[], None] | None = None,
+) -> Cluster:
     """Apply EDIT to the cluster file, validate the result, then write it and regenerate hosts/.
 
     An edit whose result is invalid writes nothing and reports the problems found in the result.
+    BEFORE_WRITE runs once the result is known to be valid, before the cluster file is replaced
+    (add-machine writes a storage machine's node key there).
     """
     from synth.errors import SynthError
     from synth.model import parse
@@ -137,6 +144,8 @@ def _edit_cluster(cluster_file: Path, edit: Callable[[str, Cluster], str], out_d
     except SynthError as exc:
         click.echo(f"synth: {cluster_file} was not changed: the result would be invalid:", err=True)
         raise exc from None
+    if before_write is not None:
+        before_write()
     _write_cluster_file(cluster_file, new_text)
     click.echo(f"updated {cluster_file}")
     _write_hosts(new, cluster_file, _out_dir(cluster_file, out_dir))
@@ -189,10 +198,14 @@ def generate(cluster_file: Path, out_dir: Path | None, check: bool) -> None:
 
 @main.command("add-machine")
 @click.argument("name")
-@click.option("--role", "roles", multiple=True, required=True, help="frontend, backend, pictrs or postgres (repeat).")
+@click.option(
+    "--role", "roles", multiple=True, required=True, help="frontend, backend, pictrs, postgres or storage (repeat)."
+)
 @click.option("--address", required=True, help="How the deployer reaches it: IP address or DNS name.")
 @click.option("--private-address", default=None, help="Its cluster-internal IP (default: --address, if an IP).")
 @click.option("--system", default=None, help="Nix system, if not the cluster's default.")
+@click.option("--capacity", default=None, help='Role storage: disk space Garage may use, e.g. "500G".')
+@click.option("--zone", default=None, help="Role storage: its zone (default: the machine's name).")
 @CLUSTER_OPTION
 @OUT_OPTION
 @user_errors
@@ -202,20 +215,78 @@ def add_machine(
     address: str,
     private_address: str | None,
     system: str | None,
+    capacity: str | None,
+    zone: str | None,
     cluster_file: Path,
     out_dir: Path | None,
 ) -> None:
-    """Add machine NAME to the cluster file (keeping its comments), then regenerate hosts/."""
+    """Add machine NAME to the cluster file (keeping its comments), then regenerate hosts/.
+
+    A machine with role storage gets its Garage node key in secrets/ (beside the cluster file; an
+    existing key of that name is kept) and its id in the cluster file.
+    """
     from synth.edit import add_machine as edit
+    from synth.errors import SynthError
+
+    file = str(cluster_file)
+    storage: dict[str, str] | None = None
+    before_write = None
+    if "storage" in roles:
+        if capacity is None:
+            raise SynthError.single(
+                file, f"machines.{name}.storage_capacity", "role storage needs --capacity, e.g. --capacity 500G"
+            )
+        node_id, before_write, key_note = _node_key_for(cluster_file, name)
+        storage = {"storage_capacity": capacity, "garage_node_id": node_id}
+        if zone is not None:
+            storage = {"storage_capacity": capacity, "storage_zone": zone, "garage_node_id": node_id}
+    elif capacity is not None or zone is not None:
+        raise SynthError.single(
+            file, f"machines.{name}", "--capacity and --zone are only for machines with --role storage"
+        )
 
     _edit_cluster(
         cluster_file,
-        lambda text, _c: edit(text, str(cluster_file), name, roles, address, private_address, system),
+        lambda text, _c: edit(text, file, name, roles, address, private_address, system, storage),
         out_dir,
+        before_write,
     )
+    if storage is not None:
+        click.echo(key_note)
+        click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its secrets.")
     click.echo(
         f"Next: `synth plan` shows which machines to deploy; deploy {name} and every machine whose hosts/ changed."
     )
+
+
+def _node_key_for(cluster_file: Path, name: str) -> tuple[str, Callable[[], None] | None, str]:
+    """(node id, what writes the key file, what to tell) for a storage machine NAME: a key already
+    in secrets/ is kept (a machine added again keeps its identity), else a new one is made."""
+    from synth import garage
+    from synth.commands.secrets import _secrets_dir
+    from synth.errors import SynthError
+    from synth.topology import local_secret_name
+
+    folder = _secrets_dir(cluster_file)
+    path = folder / local_secret_name("garage_node_key", name)
+    if path.exists():
+        try:
+            return garage.read_node_id(path), None, f"kept: {path} (the existing node key of {name})"
+        except garage.NodeKeyError as exc:
+            raise SynthError.single(
+                str(cluster_file), f"machines.{name}", f"{path} is not a Garage node key ({exc}); move it away"
+            ) from None
+    key = garage.new_node_key()
+
+    def write() -> None:
+        import os
+
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(garage.encode(key))
+
+    return key[32:].hex(), write, f"created: {path} (the node key of {name})"
 
 
 @main.command("remove-machine")
@@ -227,7 +298,16 @@ def remove_machine(name: str, cluster_file: Path, out_dir: Path | None) -> None:
     """Remove machine NAME from the cluster file (refusing unsafe removals), then regenerate hosts/."""
     from synth.edit import remove_machine as edit
 
+    before = _load(cluster_file)
     _edit_cluster(cluster_file, lambda text, c: edit(text, str(cluster_file), c, name), out_dir)
+    node_id = before.machines[name].garage_node_id if name in before.machines else None
+    if node_id is not None:
+        click.echo(
+            f"Before switching {name} off, move its data: on another storage machine run "
+            f"`garage layout remove {node_id}`, then `garage layout apply --version N` (N: the version "
+            "that `garage layout show` proposes), and wait until `garage status` no longer lists it as "
+            "draining (Garage copies its objects to the remaining machines)."
+        )
     click.echo(f"Next: deploy the machines whose hosts/ changed, then switch {name} off.")
 
 

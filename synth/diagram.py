@@ -15,7 +15,13 @@ from synth.model import Cluster
 from synth.topology import plan, ui_backups
 
 COLUMNS = ("clients", "frontends", "backend and pict-rs", "PostgreSQL")
-ROLE_COLOURS = {"frontend": "#dbeafe", "backend": "#dcfce7", "pictrs": "#fef9c3", "postgres": "#fce7f3"}
+ROLE_COLOURS = {
+    "frontend": "#dbeafe",
+    "backend": "#dcfce7",
+    "pictrs": "#fef9c3",
+    "postgres": "#fce7f3",
+    "storage": "#ede9fe",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ def edges(c: Cluster) -> list[Edge]:
     primary = c.postgres.primary
     out += [Edge(b, primary, "SQL") for b in backends if b != primary]
     out += [Edge(primary, r, "WAL streaming", dashed=True) for r in c.machines_with("postgres") if r != primary]
+    if c.pictrs.store == "object_storage":
+        out += [Edge(p, primary, "pict-rs repository") for p in pictrs if p != primary]
+        out += [Edge(p, s, "S3") for p in pictrs for s in c.machines_with("storage") if p != s]
     return out
 
 

@@ -87,6 +87,18 @@ def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
                     f"(`synth add-machine NAME --role {role} --address ADDRESS`) before removing it",
                 )
             )
+    if "storage" in roles:
+        left = len(cluster.machines_with("storage")) - 1
+        rf = cluster.storage.replication_factor or 1
+        if left < rf:
+            problems.append(
+                Problem(
+                    f"machines.{name}",
+                    f"removing {name} leaves {left} storage machine{'s' if left != 1 else ''}, fewer than "
+                    f"[storage] replication_factor = {rf} copies of every image; add a storage machine first "
+                    "(`synth add-machine NAME --role storage --address ADDRESS --capacity SIZE`)",
+                )
+            )
     if problems:
         raise SynthError(file, problems)
     doc = _doc(text, file)

@@ -85,8 +85,9 @@ class PictrsSection(_Strict):
 
 class StorageSection(_Strict):
     # The storage machines run Garage 2 (nixpkgs' garage_2), pinned by the storage module.
-    # How many storage machines hold each object (Garage's replication_factor; it can never change
-    # once data is stored). Default: 3, or the number of storage machines when fewer.
+    # How many storage machines hold each object (Garage's replication_factor). Required with
+    # storage machines and never derived from their number: Garage refuses to start when it
+    # differs from the factor its stored layout was made with.
     replication_factor: int | None = None
 
 
@@ -564,10 +565,8 @@ def storage_machines(c: Cluster) -> list[str]:
 
 
 def replication_factor(c: Cluster) -> int:
-    """Garage's replication_factor: as configured, else 3 (or fewer storage machines)."""
-    if c.storage.replication_factor is not None:
-        return c.storage.replication_factor
-    return max(1, min(3, len(storage_machines(c))))
+    """Garage's replication_factor ([storage] replication_factor, required with storage machines)."""
+    return c.storage.replication_factor or 1
 
 
 # The bucket pict-rs uses on the cluster's own storage machines when [pictrs] bucket is not given.
@@ -609,7 +608,17 @@ def _check_storage(c: Cluster, pending_node_ids: bool) -> list[Problem]:
                 "'storage' role to use the external S3 service at this endpoint",
             )
         )
-    if rf is not None and not 1 <= rf <= len(storage):
+    if rf is None:
+        p.append(
+            Problem(
+                "storage.replication_factor",
+                "required with machines of role 'storage': on how many of them Garage keeps each object. "
+                "Add [storage] replication_factor = 3 (reads and writes go on while one machine is down; "
+                "needs 3 storage machines), or 2 or 1 with fewer machines. It cannot change once images "
+                "are stored",
+            )
+        )
+    elif not 1 <= rf <= len(storage):
         p.append(
             Problem(
                 "storage.replication_factor",

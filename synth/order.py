@@ -2,6 +2,8 @@
 
 1. the PostgreSQL primary (a replica clones it; backends run migrations against it),
 2. the PostgreSQL replicas,
+   then the storage machines (Garage), one at a time: with three copies of every object, reads and
+   writes go on while one restarts,
 3. pict-rs (half of the machines at a time, when several share object storage),
 4. the backends (the first to start runs Lemmy's migrations against the primary), in batches of at
    most half of them, so that the API keeps answering,
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 from synth.model import Cluster
 
-STAGES = ("postgres-primary", "postgres-replicas", "pictrs", "backend", "frontends")
+STAGES = ("postgres-primary", "postgres-replicas", "storage", "pictrs", "backend", "frontends")
 # Stages whose machines serve in parallel: deployed at most half of them at a time (by role).
 HALF_AT_A_TIME = {"pictrs": "pictrs", "backend": "backend", "frontends": "frontend"}
 
@@ -35,6 +37,8 @@ def stage_of(c: Cluster, name: str) -> str:
     roles = c.machines[name].roles
     if "postgres" in roles:
         return "postgres-primary" if name == c.postgres.primary else "postgres-replicas"
+    if "storage" in roles:
+        return "storage"
     if "pictrs" in roles:
         return "pictrs"
     if "backend" in roles:
@@ -69,8 +73,9 @@ def batches(c: Cluster, only: Iterable[str] | None = None) -> list[Batch]:
         if stage in HALF_AT_A_TIME:
             size = half_batch_size(len(c.machines_with(HALF_AT_A_TIME[stage])))
             out += [Batch(stage, tuple(names[i : i + size])) for i in range(0, len(names), size)]
-        elif stage == "postgres-replicas":
-            # One replica at a time: the others keep the standby count up while one restarts.
+        elif stage in ("postgres-replicas", "storage"):
+            # One at a time: the other replicas keep the standby count up, the other storage
+            # machines Garage's quorum, while one restarts.
             out += [Batch(stage, (n,)) for n in names]
         else:
             out.append(Batch(stage, tuple(names)))

@@ -48,10 +48,11 @@ def nix_eval_file(path: Path) -> object:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("example", ["single", "small", "large"])
+@pytest.mark.parametrize("example", ["single", "small", "large", "storage"])
 def test_generated_hosts_read_back_as_intended(example: str) -> None:
     """The round trip: hosts/<m>/default.nix evaluated by Nix equals synth's data for that host."""
-    toml = EXAMPLES / f"{example}.toml"
+    # storage: the example plus the node ids that `synth secrets init` records
+    toml = ROOT / "tests" / "golden" / "storage.toml" if example == "storage" else EXAMPLES / f"{example}.toml"
     cluster = load(toml)
     plans = plan(cluster)
     golden = ROOT / "tests" / "golden" / example / "hosts"

@@ -128,3 +128,66 @@ def test_dispatcher_postgres_primary_in_rollout_does_not_require_standbys(tmp_pa
         f"postgres: listening on {db1.private_address}:5432",
         "postgres: role primary",
     ]
+
+
+# `garage status` of Garage 2 (src/garage/cli/remote/cluster.rs): columns separated by at least
+# two spaces, each row starting with the first 16 hex digits of the node id.
+GARAGE_STATUS = """\
+==== HEALTHY NODES ====
+ID                Hostname  Address         Tags  Zone    Capacity          DataAvail  Version
+18d62856787e7cf9  store1    10.2.0.21:3901  []    store1  500.0 GB          412.3 GB (82.5%)  v2.3.0
+6457f6a2b540a75f  store2    10.2.0.22:3901              NO ROLE ASSIGNED              v2.3.0
+4802b428697c029a  store3    10.2.0.23:3901              pending...                    v2.3.0
+"""
+
+
+def storage_host(addr: str, status: str = GARAGE_STATUS, health: int = 200) -> ScriptedHost:
+    class GarageHost(ScriptedHost):
+        def run(self, command: str) -> Result:
+            if command == "garage status":
+                self.commands.append(command)
+                return Result(0, status) if status else Result(1, "", "Error: Internal error: connection refused")
+            return super().run(command)
+
+    return GarageHost({3900: f"{addr}:3900", 3901: f"{addr}:3901"}, {"http://127.0.0.1:3903/health": health})
+
+
+def test_storage_checks_through_the_dispatcher() -> None:
+    from tests.test_golden import GOLDEN
+
+    c = load(GOLDEN / "storage.toml")
+    plans = plan(c)
+    names = {}
+    for machine in ("store1", "store2", "store3"):
+        h = plans[machine]
+        results = checks_for(c, h, storage_host(h.private_address))
+        names[machine] = [(r.name, r.ok) for r in results]
+    assert names["store1"] == [
+        ("storage: S3 API on 10.2.0.21:3900", True),
+        ("storage: RPC on 10.2.0.21:3901", True),
+        ("storage: Garage quorum (GET /health)", True),
+        ("storage: this machine holds data (garage status)", True),
+    ]
+    # no role yet, or only staged: not holding data
+    assert names["store2"][-1] == ("storage: this machine holds data (garage status)", False)
+    assert names["store3"][-1] == ("storage: this machine holds data (garage status)", False)
+    # during a rollout the layout may not exist yet: not required
+    h = plans["store2"]
+    rollout = checks_for(c, h, storage_host(h.private_address), rollout=True)
+    assert [r.name for r in rollout][-1] == "storage: Garage quorum (GET /health)" and all(r.ok for r in rollout)
+
+
+def test_storage_check_details() -> None:
+    from synth.checks.storage import storage_checks
+
+    node = "6457f6a2b540a75fb478bb84fb02a9caa3547982a2036f63d729fc33c3d7de7a"
+    r = storage_checks(storage_host("10.2.0.22"), "10.2.0.22", node)[-1]
+    assert "has no role in the applied layout yet" in r.detail and "lemmy-cluster-garage-setup" in r.detail
+    quorum = storage_checks(storage_host("10.2.0.22", health=503), "10.2.0.22", node)[2]
+    assert not quorum.ok and "got 503; some objects cannot be read or written" in quorum.detail
+    unknown = storage_checks(storage_host("10.2.0.22"), "10.2.0.22", "ab" * 32)[-1]
+    assert not unknown.ok and "is not among the nodes" in unknown.detail
+    down = storage_checks(storage_host("10.2.0.22", status=""), "10.2.0.22", node)[-1]
+    assert not down.ok and "`garage status` failed with exit code 1: Error: Internal error" in down.detail
+    silent = storage_checks(ScriptedHost(), "10.2.0.22", node)
+    assert [r.ok for r in silent] == [False, False], "no quorum or layout check without listeners"

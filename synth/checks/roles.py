@@ -4,7 +4,9 @@
 
 ROLLOUT relaxes what cannot hold yet in the middle of a deployment: a PostgreSQL primary is deployed
 before its replicas, so during a rollout it is not required to have its standbys streaming (each
-replica's own checks then prove that it streams from the primary).
+replica's own checks then prove that it streams from the primary); a storage machine is not required
+to hold data yet (the layout is applied once every storage machine runs; the pict-rs machines,
+deployed next, prove that the object storage works).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from synth.checks.backend import backend_checks
 from synth.checks.frontend import frontend_checks
 from synth.checks.pictrs import pictrs_checks
 from synth.checks.postgres import DEFAULT_ACCESS, PsqlAccess, check_postgres
+from synth.checks.storage import storage_checks
 from synth.model import Cluster
 from synth.topology import BACKEND_PORT, PICTRS_PORT, UI_PORT, HostPlan
 
@@ -41,6 +44,8 @@ def checks_for(
             results += check_postgres(
                 host, "replica", plan.private_address, primary_address=pg.primary_address, access=access
             )
+    if plan.storage is not None:
+        results += storage_checks(host, plan.private_address, plan.storage.node_id, rollout=rollout)
     if plan.pictrs is not None:
         results += pictrs_checks(host, plan.private_address, PICTRS_PORT)
     if plan.backend is not None:
