@@ -197,9 +197,12 @@ in
         db_engine = "lmdb";
         rpc_bind_addr = hostPort cfg.listenAddress cfg.rpcPort;
         rpc_public_addr = hostPort cfg.listenAddress cfg.rpcPort;
-        # A systemd credential: Garage reads it itself (and checks that it is not world-readable),
-        # the garage CLI of root reads it while Garage runs.
+        # A systemd credential: Garage reads it itself, the garage CLI of root reads it while Garage
+        # runs. systemd gives the service's user access to a credential through an ACL, which
+        # shows as a group bit (mode 0440), and Garage refuses secret files with any group or
+        # other bit unless this is set; the credential directory itself is private to the service.
         rpc_secret_file = "${credentials}/rpc-secret";
+        allow_world_readable_secrets = true;
         bootstrap_peers = cfg.bootstrapPeers;
         s3_api = {
           api_bind_addr = hostPort cfg.listenAddress cfg.s3Port;
