@@ -267,13 +267,14 @@ class Nginx:
         self.paths = paths
         self.proc: subprocess.Popen[Any] | None = None
 
-    def start(self, timeout: float = 10) -> Nginx:
+    def start(self, timeout: float = 10, port: int = 80) -> Nginx:
+        """Start nginx and wait until it listens on PORT of the host's address."""
         self.proc = self.host.popen(
             [NGINX, "-e", str(self.paths.error_log), "-c", str(self.paths.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.host.address, 80, timeout, proc=self.proc, what=f"nginx on {self.host.name}")
+        wait_for_port(self.host.address, port, timeout, proc=self.proc, what=f"nginx on {self.host.name}")
         return self
 
     def stop(self) -> None:
@@ -318,8 +319,9 @@ class RoutingFixtureServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, name: str, address: tuple[str, int]) -> None:
+    def __init__(self, name: str, address: tuple[str, int], status: int = 200) -> None:
         self.fixture_name = name
+        self.status = status
         super().__init__(address, _RoutingHandler)
 
     def server_bind(self) -> None:
@@ -358,7 +360,7 @@ class _RoutingHandler(BaseHTTPRequestHandler):
                 "body_length": length - remaining,
             }
         ).encode()
-        self.send_response(200)
+        self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("X-Fixture-Server", self.server.fixture_name)  # HEAD answers have no body
         self.send_header("Content-Length", str(len(body)))
@@ -381,6 +383,7 @@ class RoutingFixture:
     address: str
     port: int
     proc: subprocess.Popen[Any] | None = None
+    status: int = 200  # every answer's status (503: a failing upstream that still accepts connections)
 
     @classmethod
     def start(cls, host: Host, name: str, address: str, port: int) -> RoutingFixture:
@@ -389,8 +392,9 @@ class RoutingFixture:
     def restart(self) -> RoutingFixture:
         self.kill()
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        args = ["serve", self.name, self.address, str(self.port), "--status", str(self.status)]
         self.proc = self.host.popen(
-            [sys.executable, "-m", "tests.live.frontend", "serve", self.name, self.address, str(self.port)],
+            [sys.executable, "-m", "tests.live.frontend", *args],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -488,8 +492,9 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("name")
     parser.add_argument("address")
     parser.add_argument("port", type=int)
+    parser.add_argument("--status", type=int, default=200, help="every answer's status (default 200)")
     args = parser.parse_args(argv)
-    with RoutingFixtureServer(args.name, (args.address, args.port)) as server:
+    with RoutingFixtureServer(args.name, (args.address, args.port), args.status) as server:
         server.serve_forever()
 
 
