@@ -43,12 +43,14 @@ fail() {
     exit 1
 }
 
-# A secret is its file's content without one trailing newline (as everywhere in lemmy-cluster).
+# A secret is its file's content without one trailing newline (as everywhere in lemmy-cluster, and
+# as jq reads it below). read_secret FILE VAR sets VAR: a command substitution would strip every
+# trailing newline, so that the value checked here would not be the one that Garage gets.
 read_secret() {
     local v
-    v=$(cat "$1"; printf x) || fail "cannot read $1"
+    v=$(cat -- "$1" && printf x) || fail "cannot read $1"
     v=${v%x}
-    printf '%s' "${v%$'\n'}"
+    printf -v "$2" '%s' "${v%$'\n'}"
 }
 
 for node in "${nodes[@]}"; do
@@ -58,9 +60,13 @@ for node in "${nodes[@]}"; do
     fi
 done
 
-# `garage status` shows each known node on a row that starts with the first 16 hex digits of its
-# id; a node without a role in the layout shows "NO ROLE ASSIGNED", a staged one "pending...".
-row_of() { awk -v id="${2:0:16}" '$1 == id' <<<"$1"; }
+# `garage status` shows each connected node on a row of its HEALTHY NODES table that starts with
+# the first 16 hex digits of its id; a node without a role in the layout shows "NO ROLE ASSIGNED",
+# a staged one "pending...". (Its FAILED NODES and STAGED ROLE CHANGES tables, which follow, have
+# rows of such ids too, for nodes that need not be connected.)
+row_of() {
+    awk -v id="${2:0:16}" '/^==== / { healthy = ($0 == "==== HEALTHY NODES ====") } healthy && $1 == id' <<<"$1"
+}
 
 # 1. Every node connected.
 rounds=0
@@ -107,13 +113,15 @@ else
 fi
 
 # 3. The key, the bucket, the permissions.
-access_key_id=$(read_secret "$access_key_file")
+access_key_id=""
+read_secret "$access_key_file" access_key_id
 [[ $access_key_id =~ ^GK[0-9a-f]{24}$ ]] \
     || fail "$access_key_file does not hold a Garage access key id (GK and 24 hex digits; synth secrets init makes one)"
 if "$GARAGE" key info "$access_key_id" >/dev/null 2>&1; then
     log "key $access_key_id exists"
 else
-    secret=$(read_secret "$secret_key_file")
+    secret=""
+    read_secret "$secret_key_file" secret
     [[ $secret =~ ^[0-9a-f]{64}$ ]] || fail "$secret_key_file does not hold a Garage secret key (64 hex digits)"
     unset secret
     jq -n --rawfile id "$access_key_file" --rawfile secret "$secret_key_file" --arg name "$key_name" \
