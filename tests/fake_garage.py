@@ -385,6 +385,8 @@ def run(argv: list[str], state_file: Path, log: dict[str, Any]) -> str:
 def main() -> int:
     argv = sys.argv[1:]
     entry: dict[str, Any] = {"argv": argv}
+    if "GARAGE_RPC_SECRET_FILE" in os.environ:  # the CLI's way to get the RPC secret from a file
+        entry["rpc_secret_file"] = os.environ["GARAGE_RPC_SECRET_FILE"]
     try:
         out = run(argv, Path(os.environ["FAKE_GARAGE_STATE"]), entry)
         code = 0

@@ -500,3 +500,14 @@ def test_setup_usage(cluster: Cluster) -> None:
     assert out.returncode == 2
     assert "usage: garage-setup.sh" in out.stderr
     assert cluster.calls() == []
+
+
+def test_setup_hands_its_rpc_secret_file_to_every_garage_call(cluster: Cluster, tmp_path: Path) -> None:
+    """The unit passes its own credential (--rpc-secret-file); the garage CLI reads it from
+    GARAGE_RPC_SECRET_FILE, so every call must carry it."""
+    secret = tmp_path / "rpc-secret"
+    secret.write_text("ab" * 32 + "\n")
+    done = cluster.run(THREE, "--rpc-secret-file", str(secret))
+    assert done.returncode == 0, done.stderr
+    calls = cluster.calls()
+    assert calls and all(c.get("rpc_secret_file") == str(secret) for c in calls), calls

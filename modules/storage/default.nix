@@ -253,6 +253,7 @@ in
         Restart = "on-failure";
         RestartSec = "30s";
         LoadCredential = [
+          "rpc-secret:${cfg.rpcSecretFile}"
           "s3-access-key:${cfg.setup.accessKeyFile}"
           "s3-secret-key:${cfg.setup.secretKeyFile}"
         ];
@@ -266,7 +267,7 @@ in
             ]
             ++ map (n: "${n.id}:${n.zone}:${n.capacity}") cfg.setup.nodes
           )
-        } --access-key-file %d/s3-access-key --secret-key-file %d/s3-secret-key";
+        } --rpc-secret-file %d/rpc-secret --access-key-file %d/s3-access-key --secret-key-file %d/s3-secret-key";
       };
     };
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # lemmy-cluster: make a new Garage cluster usable for pict-rs, and take in storage machines added
 # later. Runs on one storage machine (the first in cluster.toml) as root, through the garage CLI
-# (which talks to the local Garage over RPC, with the rpc_secret of /etc/garage.toml).
+# (which talks to the local Garage over RPC, with the rpc_secret of /etc/garage.toml, or of
+# --rpc-secret-file: the unit's own copy of the secret, so that it does not depend on reading
+# another unit's credentials).
 #
 # Usage: garage-setup.sh --bucket NAME --key-name NAME --access-key-file FILE --secret-key-file FILE
-#                        [--interval SECONDS] NODE_ID:ZONE:CAPACITY...
+#                        [--rpc-secret-file FILE] [--interval SECONDS] NODE_ID:ZONE:CAPACITY...
 #
 # 1. Waits until the local Garage answers and every listed node is connected to it.
 # 2. Gives every listed node that has no role yet its zone and capacity in the layout and applies
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
     --key-name) key_name=$2; shift 2 ;;
     --access-key-file) access_key_file=$2; shift 2 ;;
     --secret-key-file) secret_key_file=$2; shift 2 ;;
+    --rpc-secret-file) export GARAGE_RPC_SECRET_FILE=$2; shift 2 ;;
     --interval) interval=$2; shift 2 ;;
     -*) echo "garage-setup: unknown option $1" >&2; exit 2 ;;
     *) nodes+=("$1"); shift ;;
@@ -33,7 +36,7 @@ done
 if [ -z "$bucket" ] || [ -z "$key_name" ] || [ -z "$access_key_file" ] || [ -z "$secret_key_file" ] \
     || [ ${#nodes[@]} -eq 0 ]; then
     echo "usage: garage-setup.sh --bucket NAME --key-name NAME --access-key-file FILE" \
-        "--secret-key-file FILE [--interval SECONDS] NODE_ID:ZONE:CAPACITY..." >&2
+        "--secret-key-file FILE [--rpc-secret-file FILE] [--interval SECONDS] NODE_ID:ZONE:CAPACITY..." >&2
     exit 2
 fi
 
