@@ -144,7 +144,7 @@ ID                Hostname  Address         Tags  Zone    Capacity          Data
 def storage_host(addr: str, status: str = GARAGE_STATUS, health: int = 200) -> ScriptedHost:
     class GarageHost(ScriptedHost):
         def run(self, command: str) -> Result:
-            if command == "garage status":
+            if command.endswith("garage status"):
                 self.commands.append(command)
                 return Result(0, status) if status else Result(1, "", "Error: Internal error: connection refused")
             return super().run(command)
@@ -171,6 +171,11 @@ def test_storage_checks_through_the_dispatcher() -> None:
     # no role yet, or only staged: not holding data
     assert names["store2"][-1] == ("storage: this machine holds data (garage status)", False)
     assert names["store3"][-1] == ("storage: this machine holds data (garage status)", False)
+    # run as root with the RPC secret that `synth secrets push` installed
+    host = storage_host(plans["store1"].private_address)
+    checks_for(c, plans["store1"], host)
+    secret = "/var/lib/lemmy-cluster/secrets/garage-rpc-secret"
+    assert f"GARAGE_RPC_SECRET_FILE={secret} garage status" in host.commands
     # during a rollout the layout may not exist yet: not required
     h = plans["store2"]
     rollout = checks_for(c, h, storage_host(h.private_address), rollout=True)

@@ -45,7 +45,13 @@ def checks_for(
                 host, "replica", plan.private_address, primary_address=pg.primary_address, access=access
             )
     if plan.storage is not None:
-        results += storage_checks(host, plan.private_address, plan.storage.node_id, rollout=rollout)
+        results += storage_checks(
+            host,
+            plan.private_address,
+            plan.storage.node_id,
+            rollout=rollout,
+            rpc_secret_file=plan.secrets.get("garage_rpc_secret"),
+        )
     if plan.pictrs is not None:
         results += pictrs_checks(host, plan.private_address, PICTRS_PORT)
     if plan.backend is not None:

@@ -6,11 +6,13 @@
 
 The host needs ``ss``, ``curl`` and the ``garage`` command (nixpkgs' services.garage installs it);
 the layout check runs ``garage status`` as the SSH user, which must be root to read Garage's RPC
-secret.
+secret (given as RPC_SECRET_FILE, the file that `synth secrets push` installs, or else the one that
+/etc/garage.toml names).
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from synth.checks import CheckResult
@@ -34,10 +36,11 @@ def health(host: Any, port: int = ADMIN_PORT) -> CheckResult:
     )
 
 
-def role_assigned(host: Any, node_id: str) -> CheckResult:
+def role_assigned(host: Any, node_id: str, rpc_secret_file: str | None = None) -> CheckResult:
     """`garage status` lists this machine (its id's first 16 hex digits) with a role in the layout."""
     name = "storage: this machine holds data (garage status)"
-    rc, out, err = _run(host, "garage status")
+    env = f"GARAGE_RPC_SECRET_FILE={shlex.quote(rpc_secret_file)} " if rpc_secret_file else ""
+    rc, out, err = _run(host, f"{env}garage status")
     if rc != 0:
         return CheckResult(name, False, f"`garage status` failed with exit code {rc}: {err.strip() or out.strip()}")
     rows = [line for line in out.splitlines() if line.split()[:1] == [node_id[:16]]]
@@ -61,6 +64,7 @@ def storage_checks(
     node_id: str,
     *,
     rollout: bool = False,
+    rpc_secret_file: str | None = None,
     s3_port: int = S3_PORT,
     rpc_port: int = RPC_PORT,
     admin_port: int = ADMIN_PORT,
@@ -76,5 +80,5 @@ def storage_checks(
         return results
     results.append(health(host, admin_port))
     if not rollout:
-        results.append(role_assigned(host, node_id))
+        results.append(role_assigned(host, node_id, rpc_secret_file))
     return results
