@@ -9,6 +9,7 @@
 #   cluster-promoted.toml  -> cluster-promoted/hosts/  (promotion: app1 after the failover)
 #   backends.toml          -> backends/hosts/          (backends)
 #   pictrs-shared.toml     -> pictrs-shared/hosts/     (pictrs-shared; its S3 server: s3.nix)
+#   storage.toml           -> storage/hosts/           (storage; node keys: garage-keys.nix)
 # Regenerate with `synth generate nixos-tests/<x>.toml --out nixos-tests/<x>` and commit.
 { pkgs, self }:
 let
@@ -22,4 +23,5 @@ in
   promotion = import ./promotion.nix args;
   backends = import ./backends.nix args;
   pictrs-shared = import ./pictrs-shared.nix args;
+  storage = import ./storage.nix args;
 }

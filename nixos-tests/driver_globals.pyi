@@ -27,6 +27,9 @@ lemmy1: Machine
 media1: Machine
 media2: Machine
 s3: Machine
+store1: Machine
+store2: Machine
+store3: Machine
 
 # ---- parameters set by lib.nix `script { params = ...; }`
 DOMAIN: str
@@ -55,3 +58,15 @@ PICTRS_DB: str
 S3_TARGET: str
 PG_PORT: int
 PROMOTED_SYSTEM: str
+STORE1: str
+STORE2: str
+STORE3: str
+S3_PROXY_PORT: int
+GARAGE_S3_PORT: int
+GARAGE_RPC_PORT: int
+GARAGE_ADMIN_PORT: int
+GARAGE_BUCKET: str
+GARAGE_ACCESS_KEY_FILE: str
+GARAGE_META_DIR: str
+NODE_IDS: dict[str, str]
+NODE_ZONES: dict[str, str]

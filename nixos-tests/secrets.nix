@@ -10,6 +10,15 @@
 # Nix store, which is world-readable, acceptable ONLY because this is a test whose machines live
 # for minutes and hold nothing. The derived values themselves never pass through Nix, so the
 # `single` test can check that no secret value is in the store.
+#
+# Each value has the format that the real secret has where something checks it: Garage's
+# rpc_secret is 64 hex digits, and where pict-rs's S3 key is imported into the cluster's Garage
+# (storage machines, and pict-rs machines balancing them) the access key id is "GK" and 24 hex
+# digits and the secret key 64 hex digits, as `synth secrets init` makes them.
+#
+# The exception: a storage machine's Garage node key is an ed25519 key that the test TOML names
+# by its public half (garage_node_id), so it cannot be derived at boot; it is the TEST-ONLY key
+# of garage-keys.nix, and so it is in the Nix store.
 {
   config,
   lib,
@@ -19,7 +28,9 @@
 let
   lc = config.services.lemmy-cluster;
   values = import ./secret-values.nix;
+  garageKeys = import ./garage-keys.nix;
   pictrsShared = lc.pictrs.store == "object_storage";
+  storage = lc.storage.enable;
 
   files = lib.unique (
     lib.optionals lc.backend.enable [
@@ -47,7 +58,56 @@ let
         lc.postgres.pictrsDatabase.enable && lc.postgres.pictrsDatabase.passwordFile != null
       ) lc.postgres.pictrsDatabase.passwordFile
     )
+    ++ lib.optionals storage (
+      [ lc.storage.rpcSecretFile ]
+      ++ lib.optionals lc.storage.setup.enable (
+        lib.filter (f: f != null) [
+          lc.storage.setup.accessKeyFile
+          lc.storage.setup.secretKeyFile
+        ]
+      )
+    )
   );
+
+  # test_secret's format of each file (secret-values.nix); hex32 when not listed. pict-rs's S3 key
+  # is in Garage's formats where the cluster's Garage imports it: on the storage machine that runs
+  # the setup, and on the pict-rs machines that balance the storage machines.
+  formats = lib.listToAttrs (
+    map (x: lib.nameValuePair x.file x.format) (
+      lib.filter (x: x.file != null) (
+        lib.optional storage {
+          file = lc.storage.rpcSecretFile;
+          format = "hex64";
+        }
+        ++ lib.optionals (storage && lc.storage.setup.enable) [
+          {
+            file = lc.storage.setup.accessKeyFile;
+            format = "garage-key-id";
+          }
+          {
+            file = lc.storage.setup.secretKeyFile;
+            format = "hex64";
+          }
+        ]
+        ++ lib.optionals (lc.pictrs.enable && lc.pictrs.s3Upstreams != [ ]) [
+          {
+            file = lc.pictrs.objectStorage.accessKeyFile;
+            format = "garage-key-id";
+          }
+          {
+            file = lc.pictrs.objectStorage.secretKeyFile;
+            format = "hex64";
+          }
+        ]
+      )
+    )
+  );
+  formatOf = f: formats.${f} or "hex32";
+
+  hostName = config.networking.hostName;
+  nodeKey =
+    garageKeys.${hostName}
+      or (throw "nixos-tests: storage machine ${hostName} has no test node key in nixos-tests/garage-keys.nix");
 
   # Every unit that reads one of the files (pict-rs.service: also the repository password and
   # the S3 keys; lemmy-cluster-pg-setup.service: also pict-rs's database password).
@@ -60,7 +120,9 @@ let
       "lemmy-cluster-pg-setup.service"
       "postgresql.service"
     ]
-    ++ lib.optional (lc.postgres.enable && lc.postgres.role == "replica") "lemmy-cluster-pg-bootstrap.service";
+    ++ lib.optional (lc.postgres.enable && lc.postgres.role == "replica") "lemmy-cluster-pg-bootstrap.service"
+    ++ lib.optional storage "garage.service"
+    ++ lib.optional (storage && lc.storage.setup.enable) "lemmy-cluster-garage-setup.service";
 in
 {
   config = lib.mkIf (lc.enable && files != [ ]) {
@@ -75,17 +137,29 @@ in
         RemainAfterExit = true;
         UMask = "0077";
       };
-      # 32 hex characters per secret, no newline (secret-values.nix).
+      # Each value in its file's format, no newline (secret-values.nix); a storage machine's node
+      # key from garage-keys.nix, as `synth secrets init` writes it (base64 and a newline).
       script = ''
         ${values.shellFunction}
-        for f in ${lib.escapeShellArgs files}; do
-          mkdir -p "$(dirname "$f")"
-          if [ ! -s "$f" ]; then
-            test_secret "$(basename "$f")" >"$f.tmp"
-            mv "$f.tmp" "$f"
+        # write_secret FILE FORMAT
+        write_secret() {
+          mkdir -p "$(dirname "$1")"
+          if [ ! -s "$1" ]; then
+            test_secret "$(basename "$1")" "$2" >"$1.tmp"
+            mv "$1.tmp" "$1"
           fi
-          chmod 0400 "$f"
-        done
+          chmod 0400 "$1"
+        }
+        ${lib.concatMapStrings (f: "write_secret ${lib.escapeShellArgs [ f (formatOf f) ]}\n") files}
+      ''
+      + lib.optionalString storage ''
+        key=${lib.escapeShellArg lc.storage.nodeKeyFile}
+        mkdir -p "$(dirname "$key")"
+        if [ ! -s "$key" ]; then
+          printf '%s\n' ${lib.escapeShellArg nodeKey} >"$key.tmp"
+          mv "$key.tmp" "$key"
+        fi
+        chmod 0400 "$key"
       '';
     };
   };
