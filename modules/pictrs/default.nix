@@ -237,9 +237,12 @@ in
           max_fails = 3;
           fail_timeout = "10s";
         });
+        # Idle connections are dropped after 4 s: one kept open to a storage machine that then
+        # crashed would hold a request until proxy_read_timeout.
         extraConfig = ''
           zone lemmy_garage_s3 64k;
           keepalive 16;
+          keepalive_timeout 4s;
         '';
       };
       virtualHosts.lemmy-cluster-s3 = {

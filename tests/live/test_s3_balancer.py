@@ -75,6 +75,7 @@ http {{
     upstream lemmy_garage_s3 {{
 {servers}        zone lemmy_garage_s3 64k;
         keepalive 16;
+        keepalive_timeout 4s;
     }}
     server {{
         listen {listen}:{PICTRS_S3_PROXY_PORT};
