@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages the tests use (Debian/Ubuntu, as root): Nix's nix-instantiate for
 # parse/eval checks, nginx and PostgreSQL for the live tests, iproute2 for network namespaces,
-# OpenSSH so the live tests reach their hosts over SSH, jq for the backend's config script;
+# OpenSSH so the live tests reach their hosts over SSH, jq for the backend's config script and
+# Garage's setup script, openssl to cross-check Garage node keys;
 # with --bench also wrk, for `make bench`.
 # Installs only what is missing; does nothing (but say so) when not root.
 set -euo pipefail
@@ -15,6 +16,7 @@ have ip || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 have ssh-keygen || need+=(openssh-client)
 have jq || need+=(jq)
+have openssl || need+=(openssl)
 have awk || need+=(gawk)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # `make bench` measures requests per second with wrk (a Python load generator stands in without it).

@@ -19,7 +19,7 @@ from synth.errors import SynthError
 from synth.model import load, parse
 from synth.order import batches
 from synth.topology import GARAGE_RPC_PORT, GARAGE_S3_PORT, PICTRS_S3_PROXY_PORT, local_secret_name, plan
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, require_tool
 from tests.test_cli import run, snapshot
 
 GOLDEN_TOML = ROOT / "tests" / "golden" / "storage.toml"
@@ -47,9 +47,7 @@ def test_node_key_is_garages_format() -> None:
 
 def test_node_key_public_half_agrees_with_openssl() -> None:
     """An independent ed25519 implementation derives the same public key from the seed."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl not installed")
+    openssl = require_tool("openssl")
     key = garage.new_node_key()
     der = bytes.fromhex("302e020100300506032b657004220420") + key[:32]  # PKCS#8 wrapping of the seed
     out = subprocess.run(
