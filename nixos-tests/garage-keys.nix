@@ -2,7 +2,7 @@
 # them anywhere else: they are public (in this repository and in the world-readable Nix store),
 # and their seeds are guessable by construction.
 #
-# Each value is what `synth secrets init` writes to secrets/<machine>/garage-node-key: base64 of
+# Each value is what `synth secrets init` writes to secrets/garage-node-key.<machine>: base64 of
 # Garage's node key, the 32-byte ed25519 seed followed by the 32-byte public key. Here the seed is
 # sha256("lemmy-cluster vm test <machine>"), so that the test TOMLs can record each key's public
 # half (garage_node_id) before any VM exists. nixos-tests/secrets.nix writes the machine's key to
