@@ -42,18 +42,18 @@ from driver_globals import (
     subtest,
 )
 from lib import (
-    PNG_SIGNATURE,
     expect,
     expect_equal,
     expect_port,
     expect_status,
-    file_head,
+    fetch_image,
     http,
     journal_on_failure,
     login,
     png,
     psql,
     quote,
+    upload_image,
     wait_for_frontend,
     wait_for_http,
     write_file,
@@ -165,47 +165,13 @@ def balancer_answers(machine, what: str) -> None:
 
 
 def upload(path: str, jwt: str, what: str) -> str:
-    """Upload the PNG at PATH on the client through fe1; return pict-rs's alias (the file name)."""
-    resp = http(
-        client,
-        f"http://{FE1}/pictrs/image",
-        host=DOMAIN,
-        method="POST",
-        headers=[f"Authorization: Bearer {jwt}"],
-        form=f"images[]=@{path};type=image/png",
-        timeout=60,
-    )
-    expect_status(resp, 200, what)
-    answer = resp.json()
-    expect_equal("ok", answer.get("msg"), f"{what}: msg of pict-rs's answer")
-    alias = str(answer["files"][0]["file"])
-    plain = alias != "" and all(c.isascii() and (c.isalnum() or c in "._-") for c in alias)
-    expect(plain, f"{what}: a plain file name as alias", alias)
-    return alias
+    """Upload the PNG at PATH on the client through fe1; return pict-rs's alias (lib.py's upload_image)."""
+    return upload_image(client, FE1, DOMAIN, path, jwt, what)
 
 
 def fetch(alias: str, what: str) -> None:
-    """GET /pictrs/image/ALIAS through fe1: HTTP 200 and a PNG."""
-    client.succeed("rm -f /tmp/download")
-    rc, out = client.execute(
-        quote(
-            "curl",
-            "--silent",
-            "--show-error",
-            "--max-time",
-            "30",
-            "--header",
-            f"Host: {DOMAIN}",
-            "--output",
-            "/tmp/download",
-            "--write-out",
-            "%{http_code}",
-            f"http://{FE1}/pictrs/image/{alias}",
-        )
-        + " 2>&1"
-    )
-    expect_equal((0, "200"), (rc, out.strip()), f"{what}: curl exit code and HTTP status")
-    expect_equal(PNG_SIGNATURE, file_head(client, "/tmp/download", len(PNG_SIGNATURE)), f"{what}: start of the body")
+    """GET /pictrs/image/ALIAS on the client through fe1: HTTP 200 and a PNG (lib.py's fetch_image)."""
+    fetch_image(client, FE1, DOMAIN, alias, what)
 
 
 def aliases() -> str:
