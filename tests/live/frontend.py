@@ -236,6 +236,50 @@ def write_nginx_conf(plan: FrontendPlan, domain: str, ui_listen_address: str, ro
     return paths
 
 
+def render_balancer_conf(
+    paths: FrontendPaths,
+    *,
+    upstream: str,
+    servers: list[str],
+    upstream_extra: str,
+    listen: str,
+    server_name: str,
+    include: Path,
+) -> str:
+    """nginx.conf of a loopback balancer of the role modules (the backends' pict-rs balancer, the
+    pict-rs machines' S3 balancer): the upstream group UPSTREAM of SERVERS (max_fails=3,
+    fail_timeout=10s, as the modules set them) and UPSTREAM_EXTRA lines, and one server that
+    listens on LISTEN and includes the module's INCLUDE file. The access log records each
+    request's method, status, and the upstream addresses tried with their statuses."""
+    lines = "".join(f"        server {u} max_fails=3 fail_timeout=10s;\n" for u in servers)
+    extra = "".join(f"        {line.strip()}\n" for line in upstream_extra.strip().splitlines())
+    t = paths.temp
+    return f"""\
+daemon off;
+user root;
+worker_processes 2;
+pid {paths.pid};
+error_log {paths.error_log} notice;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {t}/client_body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    log_format upstream '$request_method $uri $status upstream=[$upstream_addr] upstream_status=[$upstream_status]';
+    access_log {paths.access_log} upstream;
+    upstream {upstream} {{
+{lines}{extra}    }}
+    server {{
+        listen {listen};
+        server_name {server_name};
+        include {include};
+    }}
+}}
+"""
+
+
 def self_signed_certificate(folder: Path, domain: str) -> tuple[Path, Path]:
     """A throwaway self-signed certificate and key for DOMAIN (what a test serves HTTPS with)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import pytest
 from synth.model import parse
 from synth.topology import PICTRS_PORT, plan
 from tests.conftest import EXAMPLES, ROOT, require_root, require_tool
-from tests.live.frontend import FrontendPaths, Nginx, RoutingFixture, nginx_test, request
+from tests.live.frontend import FrontendPaths, Nginx, RoutingFixture, nginx_test, render_balancer_conf, request
 from tests.live.netns import Network
 
 pytestmark = pytest.mark.live
@@ -39,33 +39,15 @@ def cluster_text() -> str:
 def render(paths: FrontendPaths, listen: str, upstreams: list[str]) -> str:
     """nginx.conf with the balancer as modules/backend/default.nix configures it (but listening on
     the backend's address instead of 127.0.0.1, so that the test reaches it)."""
-    servers = "".join(f"        server {u} max_fails=3 fail_timeout=10s;\n" for u in upstreams)
-    t = paths.temp
-    return f"""\
-daemon off;
-user root;
-worker_processes 2;
-pid {paths.pid};
-error_log {paths.error_log} notice;
-events {{ worker_connections 1024; }}
-http {{
-    client_body_temp_path {t}/client_body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    log_format upstream '$request_method $uri $status upstream=$upstream_addr';
-    access_log {paths.access_log} upstream;
-    upstream lemmy_pictrs {{
-{servers}        zone lemmy_pictrs 64k;
-    }}
-    server {{
-        listen {listen}:80;
-        server_name lemmy-cluster-pictrs;
-        include {BALANCER};
-    }}
-}}
-"""
+    return render_balancer_conf(
+        paths,
+        upstream="lemmy_pictrs",
+        servers=upstreams,
+        upstream_extra="zone lemmy_pictrs 64k;",
+        listen=f"{listen}:80",
+        server_name="lemmy-cluster-pictrs",
+        include=BALANCER,
+    )
 
 
 @dataclass

@@ -33,7 +33,7 @@ import pytest
 from synth.model import parse
 from synth.topology import GARAGE_S3_PORT, PICTRS_S3_PROXY_PORT, plan
 from tests.conftest import ROOT, require_root, require_tool
-from tests.live.frontend import Answer, FrontendPaths, Nginx, RoutingFixture, nginx_test, request
+from tests.live.frontend import Answer, FrontendPaths, Nginx, RoutingFixture, nginx_test, render_balancer_conf, request
 from tests.live.netns import Host, Network
 
 pytestmark = pytest.mark.live
@@ -55,35 +55,15 @@ def cluster_text() -> str:
 def render(paths: FrontendPaths, listen: str, upstreams: list[str]) -> str:
     """nginx.conf with the S3 balancer as modules/pictrs/default.nix configures it (but listening on
     the pict-rs machine's address instead of 127.0.0.1, so that the test reaches it)."""
-    servers = "".join(f"        server {u} max_fails=3 fail_timeout=10s;\n" for u in upstreams)
-    t = paths.temp
-    return f"""\
-daemon off;
-user root;
-worker_processes 2;
-pid {paths.pid};
-error_log {paths.error_log} notice;
-events {{ worker_connections 1024; }}
-http {{
-    client_body_temp_path {t}/client_body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    log_format upstream '$request_method $status upstream=[$upstream_addr] upstream_status=[$upstream_status]';
-    access_log {paths.access_log} upstream;
-    upstream lemmy_garage_s3 {{
-{servers}        zone lemmy_garage_s3 64k;
-        keepalive 16;
-        keepalive_timeout 4s;
-    }}
-    server {{
-        listen {listen}:{PICTRS_S3_PROXY_PORT};
-        server_name lemmy-cluster-s3;
-        include {BALANCER};
-    }}
-}}
-"""
+    return render_balancer_conf(
+        paths,
+        upstream="lemmy_garage_s3",
+        servers=upstreams,
+        upstream_extra="zone lemmy_garage_s3 64k;\nkeepalive 16;\nkeepalive_timeout 4s;",
+        listen=f"{listen}:{PICTRS_S3_PROXY_PORT}",
+        server_name="lemmy-cluster-s3",
+        include=BALANCER,
+    )
 
 
 @dataclass
@@ -165,7 +145,7 @@ def s3(
 def access_log(lab: Lab) -> list[tuple[str, str, list[str], list[str]]]:
     """(method, status, upstream addresses tried, their statuses) per request, in order."""
     out = []
-    pattern = re.compile(r"^(\S+) (\d+) upstream=\[(.*)\] upstream_status=\[(.*)\]$")
+    pattern = re.compile(r"^(\S+) \S+ (\d+) upstream=\[(.*)\] upstream_status=\[(.*)\]$")
     for line in lab.paths.access_log.read_text().splitlines():
         m = pattern.match(line)
         assert m, f"unexpected access log line: {line!r}"
