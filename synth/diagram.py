@@ -15,6 +15,13 @@ from synth.model import Cluster
 from synth.topology import plan, ui_backups
 
 COLUMNS = ("clients", "frontends", "backend and pict-rs", "PostgreSQL")
+
+
+def column_titles(c: Cluster) -> tuple[str, ...]:
+    """COLUMNS, the last one naming the storage machines too when there are some."""
+    return (*COLUMNS[:3], "PostgreSQL and storage") if c.machines_with("storage") else COLUMNS
+
+
 ROLE_COLOURS = {
     "frontend": "#dbeafe",
     "backend": "#dcfce7",
@@ -72,7 +79,7 @@ def mermaid(c: Cluster) -> str:
         names = [m for m in c.machines if column_of(c, m) == col]
         if not names:
             continue
-        lines.append(f'  subgraph col{col}["{COLUMNS[col]}"]')
+        lines.append(f'  subgraph col{col}["{column_titles(c)[col]}"]')
         for m in names:
             roles = ", ".join(c.machines[m].roles)
             extra = " (primary)" if m == c.postgres.primary else ""
@@ -109,7 +116,7 @@ def svg(c: Cluster) -> str:
         f'<text x="20" y="24" font-size="15" font-weight="bold">lemmy-cluster {html.escape(c.cluster.name)}: '
         f"{html.escape(c.cluster.domain)}</text>",
     ]
-    for col, title in enumerate(COLUMNS):
+    for col, title in enumerate(column_titles(c)):
         out.append(f'<text x="{20 + col * col_w}" y="46" fill="#666">{html.escape(title)}</text>')
     drawn: list[tuple[Edge, bool]] = []  # (edge, both directions)
     for e in edges(c):

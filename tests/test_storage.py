@@ -391,3 +391,13 @@ def test_remove_storage_machine(grown: Path) -> None:
     assert code == 0, err
     assert f"`garage layout remove {node_id}`" in out
     assert node_id not in (grown.parent / "hosts" / "store1" / "default.nix").read_text()
+
+
+def test_diagram_draws_storage() -> None:
+    from synth.diagram import edges, mermaid
+
+    c = parse(golden())
+    s3 = {(e.src, e.dst) for e in edges(c) if e.label == "S3"}
+    assert s3 == {(p, s) for p in ("web1", "web2") for s in ("store1", "store2", "store3")}
+    text = mermaid(c)
+    assert 'subgraph col3["PostgreSQL and storage"]' in text and "<b>store3</b><br/>storage" in text
