@@ -236,10 +236,13 @@ def add_machine(
             raise SynthError.single(
                 file, f"machines.{name}.storage_capacity", "role storage needs --capacity, e.g. --capacity 500G"
             )
-        node_id, before_write, key_note = _node_key_for(cluster_file, name)
-        storage = {"storage_capacity": capacity, "garage_node_id": node_id}
+        from synth.commands.secrets import node_key_for
+
+        node_id, before_write, key_note = node_key_for(cluster_file, name)
+        storage = {"storage_capacity": capacity}
         if zone is not None:
-            storage = {"storage_capacity": capacity, "storage_zone": zone, "garage_node_id": node_id}
+            storage["storage_zone"] = zone
+        storage["garage_node_id"] = node_id
     elif capacity is not None or zone is not None:
         raise SynthError.single(
             file, f"machines.{name}", "--capacity and --zone are only for machines with --role storage"
@@ -257,36 +260,6 @@ def add_machine(
     click.echo(
         f"Next: `synth plan` shows which machines to deploy; deploy {name} and every machine whose hosts/ changed."
     )
-
-
-def _node_key_for(cluster_file: Path, name: str) -> tuple[str, Callable[[], None] | None, str]:
-    """(node id, what writes the key file, what to tell) for a storage machine NAME: a key already
-    in secrets/ is kept (a machine added again keeps its identity), else a new one is made."""
-    from synth import garage
-    from synth.commands.secrets import _secrets_dir
-    from synth.errors import SynthError
-    from synth.topology import local_secret_name
-
-    folder = _secrets_dir(cluster_file)
-    path = folder / local_secret_name("garage_node_key", name)
-    if path.exists():
-        try:
-            return garage.read_node_id(path), None, f"kept: {path} (the existing node key of {name})"
-        except garage.NodeKeyError as exc:
-            raise SynthError.single(
-                str(cluster_file), f"machines.{name}", f"{path} is not a Garage node key ({exc}); move it away"
-            ) from None
-    key = garage.new_node_key()
-
-    def write() -> None:
-        import os
-
-        folder.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(garage.encode(key))
-
-    return key[32:].hex(), write, f"created: {path} (the node key of {name})"
 
 
 @main.command("remove-machine")

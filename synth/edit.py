@@ -14,7 +14,7 @@ import tomlkit
 from tomlkit.items import Table
 
 from synth.errors import Problem, SynthError
-from synth.model import Cluster
+from synth.model import Cluster, replication_factor
 
 
 def _doc(text: str, file: str) -> Any:
@@ -89,7 +89,7 @@ def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
             )
     if "storage" in roles:
         left = len(cluster.machines_with("storage")) - 1
-        rf = cluster.storage.replication_factor or 1
+        rf = replication_factor(cluster)
         if left < rf:
             problems.append(
                 Problem(

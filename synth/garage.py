@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 from pathlib import Path
 
@@ -60,15 +59,6 @@ def read_node_id(path: Path) -> str:
         return node_id(path.read_text(encoding="ascii"))
     except UnicodeDecodeError:
         raise NodeKeyError("not base64") from None
-
-
-def write_new_node_key(path: Path) -> str:
-    """Create PATH (mode 0600, never overwriting) with a new node key; return its node id."""
-    key = new_node_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(encode(key))
-    return key[32:].hex()
 
 
 def new_access_key_id() -> str:

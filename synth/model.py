@@ -377,7 +377,7 @@ def _check_pictrs_section(c: Cluster) -> list[Problem]:
     p: list[Problem] = []
     s = c.pictrs
     if s.store == "object_storage":
-        if s.endpoint is None and not storage_machines(c):
+        if s.endpoint is None and not c.machines_with("storage"):
             p.append(
                 Problem(
                     "pictrs.endpoint",
@@ -389,7 +389,7 @@ def _check_pictrs_section(c: Cluster) -> list[Problem]:
             p.append(
                 Problem("pictrs.endpoint", f"{s.endpoint!r} is not an http(s) URL such as 'https://s3.example.org'")
             )
-        if s.bucket is None and not storage_machines(c):
+        if s.bucket is None and not c.machines_with("storage"):
             p.append(
                 Problem("pictrs.bucket", 'required with store = "object_storage": the bucket that holds the images')
             )
@@ -560,10 +560,6 @@ def _check_storage_fields(name: str, m: Machine) -> list[Problem]:
     return p
 
 
-def storage_machines(c: Cluster) -> list[str]:
-    return c.machines_with("storage")
-
-
 def replication_factor(c: Cluster) -> int:
     """Garage's replication_factor ([storage] replication_factor, required with storage machines)."""
     return c.storage.replication_factor or 1
@@ -574,14 +570,14 @@ DEFAULT_GARAGE_BUCKET = "pictrs"
 
 
 def pictrs_bucket(c: Cluster) -> str | None:
-    if c.pictrs.bucket is None and storage_machines(c):
+    if c.pictrs.bucket is None and c.machines_with("storage"):
         return DEFAULT_GARAGE_BUCKET
     return c.pictrs.bucket
 
 
 def _check_storage(c: Cluster, pending_node_ids: bool) -> list[Problem]:
     p: list[Problem] = []
-    storage = storage_machines(c)
+    storage = c.machines_with("storage")
     rf = c.storage.replication_factor
     if not storage:
         if rf is not None:

@@ -15,7 +15,6 @@ from synth.model import (
     pictrs_bucket,
     replication_factor,
     scheduled_tasks_machine,
-    storage_machines,
 )
 
 # Ports of the services, the same defaults as the role modules in modules/.
@@ -183,7 +182,7 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     replicas = [m for m in pgs if m != primary]
 
     shared_pictrs = c.pictrs.store == "object_storage"
-    storage = storage_machines(c)
+    storage = c.machines_with("storage")
     setup_machine = storage[0] if storage else None
     garage_s3 = [hostport(addr[m], GARAGE_S3_PORT) for m in storage]
     pictrs_upstreams = [hostport(addr[p], PICTRS_PORT) for p in pictrs] if len(pictrs) > 1 else []

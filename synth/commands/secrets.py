@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,17 +65,51 @@ def _new_value(key: str, own_storage: bool) -> str:
     return rnd.token_urlsafe(32)
 
 
+def write_secret(path: Path, text: str) -> None:
+    """Create PATH with TEXT, mode 0600; never overwrite (FileExistsError)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def node_key_for(cluster_file: Path, name: str) -> tuple[str, Callable[[], None] | None, str]:
+    """(node id, what writes the key file, what to tell) for a new storage machine NAME: a key
+    already in secrets/ is kept (a machine added again keeps its identity), else a new one is made,
+    written only when the caller runs the returned function."""
+    from synth import garage
+    from synth.errors import SynthError
+    from synth.topology import local_secret_name
+
+    folder = _secrets_dir(cluster_file)
+    path = folder / local_secret_name("garage_node_key", name)
+    if path.exists():
+        try:
+            return garage.read_node_id(path), None, f"kept: {path} (the existing node key of {name})"
+        except garage.NodeKeyError as exc:
+            raise SynthError.single(
+                str(cluster_file), f"machines.{name}", f"{path} is not a Garage node key ({exc}); move it away"
+            ) from None
+    key = garage.new_node_key()
+
+    def write() -> None:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        write_secret(path, garage.encode(key))
+
+    return key[32:].hex(), write, f"created: {path} (the node key of {name})"
+
+
 def _check_node_keys(c: Cluster, folder: Path, file: str) -> dict[str, str]:
     """The node id of every storage machine's existing key file; SynthError when a key file is
     broken or disagrees with the id recorded in the cluster file, or a recorded key is lost."""
     from synth import garage
     from synth.errors import Problem, SynthError
-    from synth.model import storage_machines
     from synth.topology import local_secret_name
 
     ids: dict[str, str] = {}
     problems = []
-    for name in storage_machines(c):
+    for name in c.machines_with("storage"):
         path = folder / local_secret_name("garage_node_key", name)
         recorded = c.machines[name].garage_node_id
         where = f"machines.{name}.garage_node_id"
@@ -120,22 +155,20 @@ def init(cluster_file: Path) -> None:
 
     from synth import garage
     from synth.edit import set_machine_keys
-    from synth.model import load, parse, storage_machines
+    from synth.model import load, parse
     from synth.topology import local_secret_name, plan
 
     c = load(cluster_file, pending_node_ids=True)
-    own_storage = bool(storage_machines(c))
+    own_storage = bool(c.machines_with("storage"))
     folder = _secrets_dir(cluster_file)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a folder")
     node_ids = _check_node_keys(c, folder, str(cluster_file))
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
-    wanted = sorted({local_secret_name(key, name) for name, hp in plan(c).items() for key in hp.secrets})
-    keys = {local_secret_name(key, name): (key, name) for name, hp in plan(c).items() for key in hp.secrets}
+    wanted = {local_secret_name(key, name): (key, name) for name, hp in plan(c).items() for key in hp.secrets}
     created = kept = missing = 0
-    for filename in wanted:
-        key, machine = keys[filename]
+    for filename, (key, machine) in sorted(wanted.items()):
         path = folder / filename
         if path.exists():
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -152,11 +185,11 @@ def init(cluster_file: Path) -> None:
             missing += 1
             continue
         if key == "garage_node_key":
-            node_ids[machine] = garage.write_new_node_key(path)
+            node_key = garage.new_node_key()
+            write_secret(path, garage.encode(node_key))
+            node_ids[machine] = node_key[32:].hex()
         else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(_new_value(key, own_storage) + "\n")
+            write_secret(path, _new_value(key, own_storage) + "\n")
         click.echo(f"created: {path}")
         created += 1
     click.echo(f"{created} created, {kept} kept" + (f", {missing} to provide" if missing else "") + f" in {folder}")
