@@ -20,7 +20,15 @@ from synth.checks.pictrs import pictrs_checks
 from synth.checks.postgres import DEFAULT_ACCESS, PsqlAccess, check_postgres
 from synth.checks.storage import storage_checks
 from synth.model import Cluster
-from synth.topology import BACKEND_PORT, PICTRS_PORT, UI_PORT, HostPlan
+from synth.topology import (
+    BACKEND_PORT,
+    GARAGE_ADMIN_PORT,
+    GARAGE_RPC_PORT,
+    GARAGE_S3_PORT,
+    PICTRS_PORT,
+    UI_PORT,
+    HostPlan,
+)
 
 
 def checks_for(
@@ -51,6 +59,9 @@ def checks_for(
             plan.storage.node_id,
             rollout=rollout,
             rpc_secret_file=plan.secrets.get("garage_rpc_secret"),
+            s3_port=GARAGE_S3_PORT,
+            rpc_port=GARAGE_RPC_PORT,
+            admin_port=GARAGE_ADMIN_PORT,
         )
     if plan.pictrs is not None:
         results += pictrs_checks(host, plan.private_address, PICTRS_PORT)
