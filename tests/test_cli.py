@@ -189,7 +189,10 @@ def test_console_script_help_is_fast_to_import() -> None:
 
 
 def test_console_script_runs(workdir: Path) -> None:
-    exe = shutil.which("synth")
+    # The script pip installed beside this interpreter (make test runs `.venv/bin/python -m pytest`
+    # without activating the venv, so it need not be on PATH).
+    beside = Path(sys.executable).with_name("synth")
+    exe = str(beside) if beside.is_file() else shutil.which("synth")
     require(exe is not None, "synth is not installed as a console script (make test runs pip install -e .)")
     assert exe is not None
     out = subprocess.run([exe, "validate"], cwd=workdir, capture_output=True, text=True, check=False)
