@@ -76,6 +76,13 @@
             paramiko
             pytest-testinfra
           ];
+          # `synth diagram` lays its pictures out with Graphviz's dot.
+          makeWrapperArgs = [
+            "--prefix"
+            "PATH"
+            ":"
+            (lib.makeBinPath [ pkgs.graphviz ])
+          ];
           pythonImportsCheck = [ "synth.cli" ];
           meta.mainProgram = "synth";
         };
@@ -99,6 +106,7 @@
             pkgs.nginx
             pkgs.postgresql_17
             pkgs.jq
+            pkgs.graphviz
           ];
         };
       });
@@ -129,7 +137,10 @@
               {
                 nativeBuildInputs = [
                   (pkgs.python3.withPackages pythonTestInputs)
+                  pkgs.graphviz
                 ];
+                # dot measures its labels with real fonts; the sandbox has none of its own.
+                FONTCONFIG_FILE = pkgs.makeFontsConf { fontDirectories = [ pkgs.dejavu_fonts ]; };
               }
               ''
                 cp -r ${self}/. source && chmod -R u+w source && cd source

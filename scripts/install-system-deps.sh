@@ -2,8 +2,8 @@
 # Install the system packages the tests use (Debian/Ubuntu, as root): Nix's nix-instantiate for
 # parse/eval checks, nginx and PostgreSQL for the live tests, iproute2 for network namespaces,
 # OpenSSH so the live tests reach their hosts over SSH, jq for the backend's config script and
-# Garage's setup script, openssl to cross-check Garage node keys;
-# with --bench also wrk, for `make bench`.
+# Garage's setup script, openssl to cross-check Garage node keys, Graphviz (`dot`) for
+# `synth diagram` (svg and png) and its tests; with --bench also wrk, for `make bench`.
 # Installs only what is missing; does nothing (but say so) when not root.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ have ip || need+=(iproute2)
 have ssh-keygen || need+=(openssh-client)
 have jq || need+=(jq)
 have openssl || need+=(openssl)
+have dot || need+=(graphviz)
 have awk || need+=(gawk)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # `make bench` measures requests per second with wrk (a Python load generator stands in without it).

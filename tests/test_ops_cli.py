@@ -1,4 +1,4 @@
-"""add-machine, remove-machine, plan and diagram: edits keep the user's file, refusals say why."""
+"""add-machine, remove-machine, plan and promote: edits keep the user's file, refusals say why."""
 
 from __future__ import annotations
 
@@ -146,29 +146,6 @@ def test_plan_no_changes(workdir: Path) -> None:
     code, out, _ = run("plan", str(workdir / "cluster.toml"))
     assert code == 0
     assert out.startswith("No changes")
-
-
-def test_diagram_formats(workdir: Path, tmp_path: Path) -> None:
-    code, out, _ = run("diagram", str(workdir / "cluster.toml"), "--format", "mermaid")
-    assert code == 0
-    assert out.startswith("flowchart LR\n")
-    assert "m_app1 -->|SQL| m_db1" in out
-    assert "m_db1 -. WAL streaming .-> m_db2" in out
-    assert "m_fe1 -. lemmy-ui backup .-> m_fe2" in out
-    code, out, _ = run("diagram", str(workdir / "cluster.toml"))
-    assert code == 0 and out.startswith("<svg ") and out.rstrip().endswith("</svg>")
-    assert ">db1 (primary)<" in out and "WAL streaming" in out
-    import xml.dom.minidom
-
-    xml.dom.minidom.parseString(out)  # well-formed
-
-
-def test_readme_diagram_is_current() -> None:
-    from synth.diagram import svg
-
-    assert (ROOT / "docs" / "cluster-small.svg").read_text() == svg(load(EXAMPLES / "small.toml")), (
-        "regenerate with `synth diagram examples/small.toml -o docs/cluster-small.svg`"
-    )
 
 
 @pytest.mark.parametrize(

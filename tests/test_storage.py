@@ -400,4 +400,4 @@ def test_diagram_draws_storage() -> None:
     s3 = {(e.src, e.dst) for e in edges(c) if e.label == "S3"}
     assert s3 == {(p, s) for p in ("web1", "web2") for s in ("store1", "store2", "store3")}
     text = mermaid(c)
-    assert 'subgraph col3["PostgreSQL and storage"]' in text and "<b>store3</b><br/>storage" in text
+    assert 'subgraph g3["storage (Garage)"]' in text and "<b>store3</b><br/>storage (Garage)" in text
