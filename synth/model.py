@@ -91,6 +91,24 @@ class StorageSection(_Strict):
     replication_factor: int | None = None
 
 
+SmtpTls = Literal["starttls", "tls", "none"]
+
+
+class EmailSection(_Strict):
+    # Lemmy 0.19's email section: sign-up verification, password resets, notifications.
+    server: str  # the SMTP server's host name (Lemmy cannot take an IPv6 address)
+    port: int | None = None  # default: 587 with starttls, 465 with tls, 25 with none
+    tls: SmtpTls = "starttls"
+    login: str | None = None  # its password: secrets/smtp-password
+    from_address: str | None = None  # default: noreply@<cluster.domain>
+
+
+class LemmySection(_Strict):
+    email: EmailSection | None = None
+    # Any other setting of lemmy.hjson (checked against Lemmy 0.19's settings: synth.lemmy).
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
 class SecretsSection(_Strict):
     dir: str = "/var/lib/lemmy-cluster/secrets"
 
@@ -114,6 +132,7 @@ class Cluster(_Strict):
     backend: BackendSection = BackendSection()
     pictrs: PictrsSection = PictrsSection()
     storage: StorageSection = StorageSection()
+    lemmy: LemmySection = LemmySection()
     secrets: SecretsSection = SecretsSection()
     machines: dict[str, Machine]
 
@@ -190,7 +209,8 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
             model = Machine
             i += 2
             continue
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        inner = [a for a in (get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = inner[0] if inner else None  # a model, or a model | None
         i += 1
     return model
 
@@ -349,7 +369,63 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
     p += _check_machines(c.machines)
     p += _check_roles(c)
     p += _check_storage(c, pending_node_ids)
+    p += _check_lemmy(c)
     return sorted(p)
+
+
+def smtp_port(e: EmailSection) -> int:
+    from synth.lemmy import SMTP_DEFAULT_PORTS
+
+    return e.port if e.port is not None else SMTP_DEFAULT_PORTS[e.tls]
+
+
+def email_from(c: Cluster) -> str | None:
+    """The sender of Lemmy's mail ([lemmy.email] from_address, default noreply@<domain>)."""
+    e = c.lemmy.email
+    if e is None:
+        return None
+    return e.from_address if e.from_address is not None else f"noreply@{c.cluster.domain}"
+
+
+def _check_lemmy(c: Cluster) -> list[Problem]:
+    from synth import lemmy
+
+    p = lemmy.check_settings(c.lemmy.settings)
+    e = c.lemmy.email
+    if e is None:
+        return p
+    if _is_ip(e.server) and ":" in e.server:
+        p.append(
+            Problem(
+                "lemmy.email.server",
+                "Lemmy 0.19 reads the server as host:port and cannot take an IPv6 address; give its DNS name",
+            )
+        )
+    elif not (valid_dns_name(e.server) or _is_ip(e.server)):
+        p.append(Problem("lemmy.email.server", f"{e.server!r} is not a host name such as 'smtp.example.org'"))
+    if e.port is not None and not 1 <= e.port <= 65535:
+        p.append(Problem("lemmy.email.port", "must be a port number (1-65535)"))
+    if e.login is not None:
+        if not e.login or any(ch in e.login for ch in "\r\n\0"):
+            p.append(Problem("lemmy.email.login", "must be a non-empty single line"))
+        if e.tls == "none":
+            p.append(
+                Problem(
+                    "lemmy.email.tls",
+                    'with a login, tls = "none" would send the SMTP password unencrypted; use "starttls" '
+                    '(port 587) or "tls" (port 465), or remove login for a relay that needs none',
+                )
+            )
+    sender = email_from(c)
+    if sender is not None and not lemmy.valid_mailbox(sender):
+        p.append(
+            Problem(
+                "lemmy.email.from_address",
+                f"{sender!r} is not an email address; write 'noreply@{c.cluster.domain}' or "
+                f"'Example <noreply@{c.cluster.domain}>' (Lemmy stops sending mail on an address it cannot read)",
+            )
+        )
+    return p
 
 
 def scheduled_tasks_machine(c: Cluster) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from synth import nixexpr
-from synth.model import Cluster
+from synth.model import Cluster, email_from, smtp_port
 from synth.topology import (
     DB_NAME,
     DB_USER,
@@ -86,6 +86,18 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
             ),
             "allowedClients": list(be.clients),
         }
+        if c.lemmy.email is not None:
+            e = c.lemmy.email
+            lc["backend"]["email"] = {
+                "enable": True,
+                "server": e.server,
+                "port": smtp_port(e),
+                "tls": e.tls,
+                **({"login": e.login, "passwordFile": h.secrets["smtp_password"]} if e.login is not None else {}),
+                "fromAddress": email_from(c),
+            }
+        if c.lemmy.settings:
+            lc["backend"]["settings"] = c.lemmy.settings
     if h.pictrs:
         pictrs: dict[str, Any] = {
             "enable": True,

@@ -48,6 +48,8 @@ SECRET_FILES = {
     "replication_password": "replication-password",
     "pictrs_api_key": "pictrs-api-key",
     "admin_password": "admin-password",
+    # only with a [lemmy.email] login: the SMTP password (the mail provider's, never made up)
+    "smtp_password": "smtp-password",
     # only with [pictrs] store = "object_storage"
     "pictrs_db_password": "pictrs-db-password",
     "s3_access_key": "s3-access-key",
@@ -196,6 +198,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
         need: list[str] = []
         if "backend" in roles:
             need += ["db_password", "pictrs_api_key", "admin_password"]
+            if c.lemmy.email is not None and c.lemmy.email.login is not None:
+                need += ["smtp_password"]
         if "pictrs" in roles:
             need += ["pictrs_api_key"]
             if shared_pictrs:

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from tests.conftest import ROOT, require_tool
@@ -25,21 +26,33 @@ def secrets(folder: Path, db: str = NASTY) -> Path:
     return folder
 
 
+TEMPLATE: dict[str, Any] = {
+    "hostname": "lemmy.example.org",
+    "database": {"pool_size": 30},
+    "pictrs": {"url": "http://x/"},
+    "setup": {"admin_username": "admin", "site_name": "s"},
+}
+
+# What the backend module writes for [lemmy.email] with a login and for [lemmy.settings].
+EMAIL = {
+    "smtp_server": "smtp.example.org:587",
+    "smtp_login": "lemmy@example.org",
+    "smtp_from_address": "Example <noreply@lemmy.example.org>",
+    "tls_type": "starttls",
+}
+SETTINGS = {"pictrs": {"image_mode": "ProxyAllImages"}, "json_logging": True}
+
+
 def run_write_config(
-    tmp_path: Path, hosts: str = "10.0.0.30:5432", params: str = ""
+    tmp_path: Path,
+    hosts: str = "10.0.0.30:5432",
+    params: str = "",
+    template: dict[str, Any] = TEMPLATE,
+    path_prefix: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     require_tool("jq")
-    template = tmp_path / "template.json"
-    template.write_text(
-        json.dumps(
-            {
-                "hostname": "lemmy.example.org",
-                "database": {"pool_size": 30},
-                "pictrs": {"url": "http://x/"},
-                "setup": {"admin_username": "admin", "site_name": "s"},
-            }
-        )
-    )
+    template_file = tmp_path / "template.json"
+    template_file.write_text(json.dumps(template))
     env = dict(
         os.environ,
         LEMMY_CLUSTER_DB_USER="lemmy",
@@ -47,11 +60,13 @@ def run_write_config(
         LEMMY_CLUSTER_DB_NAME="lemmy",
         LEMMY_CLUSTER_DB_PARAMS=params,
     )
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
     sec = tmp_path / "creds"
     if not sec.exists():
         secrets(sec)
     return subprocess.run(
-        ["bash", str(WRITE_CONFIG), str(template), str(tmp_path / "config.hjson"), str(sec)],
+        ["bash", str(WRITE_CONFIG), str(template_file), str(tmp_path / "config.hjson"), str(sec)],
         env=env,
         capture_output=True,
         text=True,
@@ -89,6 +104,61 @@ def test_write_config_refuses_missing_secret(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "the secret pictrs-api-key is missing or empty" in out.stderr
     assert not (tmp_path / "config.hjson").exists()
+
+
+SMTP_NASTY = 'smtp "pw" \\ $(id) ${HOME} é\ttab'
+
+
+def with_email(template: dict[str, Any], email: dict[str, str] = EMAIL) -> dict[str, Any]:
+    return template | {"email": dict(email)} | {"pictrs": template["pictrs"] | SETTINGS["pictrs"], "json_logging": True}
+
+
+def test_write_config_adds_the_smtp_password_from_its_credential(tmp_path: Path) -> None:
+    sec = secrets(tmp_path / "creds")
+    (sec / "smtp-password").write_text(SMTP_NASTY + "\n")
+    out = run_write_config(tmp_path, template=with_email(TEMPLATE))
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "config.hjson").read_text())
+    assert config["email"] == EMAIL | {"smtp_password": SMTP_NASTY}, "the password exactly, one trailing newline off"
+    assert config["pictrs"] == {"url": "http://x/", "image_mode": "ProxyAllImages", "api_key": "api-key-123"}
+    assert config["json_logging"] is True, "the admin's own settings are kept"
+
+
+def test_write_config_keeps_every_secret_off_argv_and_environment(tmp_path: Path) -> None:
+    """jq reads the secrets from the credential files itself: a stand-in jq on PATH records the
+    command line and environment it was given, and no secret may be in them."""
+    real_jq = require_tool("jq")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "jq").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >>"{tmp_path}/jq-argv"\nenv >>"{tmp_path}/jq-env"\nexec {real_jq} "$@"\n'
+    )
+    (shim / "jq").chmod(0o755)
+    sec = secrets(tmp_path / "creds")
+    (sec / "smtp-password").write_text(SMTP_NASTY + "\n")
+    out = run_write_config(tmp_path, template=with_email(TEMPLATE), path_prefix=shim)
+    assert out.returncode == 0, out.stderr
+    seen = (tmp_path / "jq-argv").read_text() + (tmp_path / "jq-env").read_text()
+    assert "--rawfile" in seen, "the stand-in jq was the one run"
+    for value in (SMTP_NASTY, NASTY, "api-key-123", "admin password 1"):
+        assert value not in seen
+    assert json.loads((tmp_path / "config.hjson").read_text())["email"]["smtp_password"] == SMTP_NASTY
+
+
+def test_write_config_refuses_a_login_without_its_password(tmp_path: Path) -> None:
+    secrets(tmp_path / "creds")
+    out = run_write_config(tmp_path, template=with_email(TEMPLATE))
+    assert out.returncode == 1
+    assert "the secret smtp-password is missing or empty" in out.stderr
+    assert not (tmp_path / "config.hjson").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("config.hjson")] == [], "no temporary left"
+
+
+def test_write_config_email_without_login_needs_no_password(tmp_path: Path) -> None:
+    relay = {k: v for k, v in EMAIL.items() if k != "smtp_login"} | {"smtp_server": "localhost:25", "tls_type": "none"}
+    out = run_write_config(tmp_path, template=with_email(TEMPLATE, relay))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "config.hjson").read_text())["email"] == relay, "no smtp_password at all"
 
 
 def test_write_pgpass_escapes(tmp_path: Path) -> None:

@@ -128,8 +128,9 @@ def test_push_script_installs_compares_and_reports(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["lemmy-db-password", "pictrs-api-key"], "no temporary left"
 
 
-def test_init_never_invents_the_s3_keys(tmp_path: Path) -> None:
-    """Shared pict-rs storage: the S3 keys come from the provider; init says so and makes none."""
+def test_init_never_invents_the_provided_secrets(tmp_path: Path) -> None:
+    """Shared pict-rs storage and an SMTP login: the S3 keys come from the provider, the SMTP
+    password from the mail provider; init says so and makes none of them."""
     toml = tmp_path / "cluster.toml"
     toml.write_text((EXAMPLES / "large.toml").read_text())
     code, out, err = run("secrets", "init", str(toml))
@@ -139,4 +140,33 @@ def test_init_never_invents_the_s3_keys(tmp_path: Path) -> None:
     for name in ("s3-access-key", "s3-secret-key"):
         assert not (folder / name).exists(), f"{name} must come from the S3 provider"
         assert f"missing: {folder / name}: put the key your S3 provider gave you there" in out
-    assert ", 2 to provide in " in out
+    assert not (folder / "smtp-password").exists()
+    assert (
+        f"missing: {folder / 'smtp-password'}: put the password of the SMTP login 'lemmy@example.net' there "
+        "(one line, mode 0600)" in out
+    )
+    assert ", 3 to provide in " in out
+
+
+def test_push_asks_for_the_smtp_password(tmp_path: Path) -> None:
+    toml = tmp_path / "cluster.toml"
+    toml.write_text((EXAMPLES / "large.toml").read_text())
+    assert run("secrets", "init", str(toml))[0] == 0
+    code, out, err = run("secrets", "push", str(toml), "--host", "api1")
+    assert code == 1 and out == ""
+    assert err.splitlines()[0] == (
+        f"{toml}: {tmp_path / 'secrets' / 'smtp-password'} is missing; put the password of [lemmy.email] login "
+        "there (your mail provider's; init never makes it up)"
+    )
+
+
+def test_smtp_password_goes_to_the_backends_only() -> None:
+    from synth.model import load
+    from synth.topology import plan
+
+    plans = plan(load(EXAMPLES / "large.toml"))
+    having = sorted(name for name, hp in plans.items() if "smtp_password" in hp.secrets)
+    assert having == ["api1", "api2"]
+    assert plans["api1"].secrets["smtp_password"] == "/var/lib/lemmy-cluster/secrets/smtp-password"
+    small = plan(load(EXAMPLES / "small.toml"))
+    assert not any("smtp_password" in hp.secrets for hp in small.values()), "no [lemmy.email]: no password"

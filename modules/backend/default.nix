@@ -21,8 +21,10 @@ let
 
   inherit (import ../lib.nix { inherit lib; }) hostPort;
 
-  # Everything Lemmy needs except the secrets (added by write-config.sh at start).
-  template = {
+  # Everything Lemmy needs except the secrets (added by write-config.sh at start). The admin's
+  # own settings go underneath: the keys this module writes are asserted absent from them.
+  template = lib.recursiveUpdate cfg.settings ownSettings;
+  ownSettings = {
     hostname = top.domain;
     bind = cfg.listenAddress;
     inherit (cfg) port;
@@ -34,6 +36,15 @@ let
       admin_email = cfg.setup.adminEmail;
       site_name = cfg.setup.siteName;
     };
+  }
+  // lib.optionalAttrs cfg.email.enable {
+    # Lemmy 0.19 splits smtp_server at ':' into host and port; the password is added at start.
+    email = {
+      smtp_server = "${cfg.email.server}:${toString cfg.email.port}";
+      smtp_from_address = cfg.email.fromAddress;
+      tls_type = cfg.email.tls;
+    }
+    // lib.optionalAttrs (cfg.email.login != null) { smtp_login = cfg.email.login; };
   };
   templateFile = pkgs.writeText "lemmy-config-template.json" (builtins.toJSON template);
 
@@ -47,6 +58,67 @@ let
   );
 
   sending = cfg.federation.sending;
+
+  # Settings this module writes itself (from its other options), refused in `settings`.
+  ownedPaths = [
+    [ "hostname" ]
+    [ "bind" ]
+    [ "port" ]
+    [ "tls_enabled" ]
+    [ "database" ]
+    [ "setup" ]
+    [ "email" ]
+    [
+      "pictrs"
+      "url"
+    ]
+    [
+      "pictrs"
+      "api_key"
+    ]
+  ];
+  ownedGiven = lib.filter (p: lib.hasAttrByPath p cfg.settings) ownedPaths;
+  # Every key path of `settings` (tables and leaves).
+  settingPaths =
+    let
+      go =
+        prefix: value:
+        lib.optional (prefix != [ ]) prefix
+        ++ lib.optionals (builtins.isAttrs value) (
+          lib.concatLists (lib.mapAttrsToList (k: go (prefix ++ [ k ])) value)
+        );
+    in
+    go [ ] cfg.settings;
+  # A key names a secret when one of its words does (api_key, smtp_password, auth_token, ...).
+  looksSecret =
+    k:
+    let
+      words = lib.splitString "_" (lib.replaceStrings [ "-" ] [ "_" ] (lib.toLower k));
+    in
+    lib.any (w: lib.elem w secretWords) words || lib.hasSuffix "key" (lib.toLower k);
+  secretWords = [
+    "password"
+    "passwd"
+    "pass"
+    "pw"
+    "secret"
+    "secrets"
+    "token"
+    "credential"
+    "credentials"
+  ];
+  secretGiven = lib.filter (p: looksSecret (lib.last p)) settingPaths;
+  # Lemmy refuses to start on a key of its pictrs section that it does not know: these came later.
+  newerSettings = {
+    "pictrs.max_thumbnail_size" = "0.19.6";
+    "pictrs.proxy_bypass_domains" = "0.19.8";
+  };
+  tooNew = lib.filterAttrs (
+    name: since:
+    lib.hasAttrByPath (lib.splitString "." name) cfg.settings
+    && !(lib.versionAtLeast cfg.package.version since)
+  ) newerSettings;
+  showPaths = ps: lib.concatMapStringsSep ", " (lib.concatStringsSep ".") ps;
 
   # lemmy_server and (with sending = "dedicated") the lemmy-federate process share everything
   # but their switches and their runtime folder.
@@ -78,7 +150,10 @@ let
           "db-password:${cfg.database.passwordFile}"
           "pictrs-api-key:${cfg.pictrsApiKeyFile}"
           "admin-password:${cfg.setup.adminPasswordFile}"
-        ];
+        ]
+        ++ lib.optional (
+          cfg.email.enable && cfg.email.passwordFile != null
+        ) "smtp-password:${cfg.email.passwordFile}";
         ExecStartPre = "${pkgs.bash}/bin/bash ${./write-config.sh} ${templateFile} /run/${runtimeDirectory}/config.hjson %d";
         ExecStart = "${lib.getBin cfg.package}/bin/lemmy_server";
         Restart = "on-failure";
@@ -204,6 +279,71 @@ in
         description = "Name of the site, set at first start (1 to 20 characters).";
       };
     };
+    email = {
+      enable = lib.mkEnableOption "sending email (sign-up verification, password resets, notifications) through an SMTP server";
+      server = mkOption {
+        type = types.str;
+        example = "smtp.example.org";
+        description = "Host name of the SMTP server (Lemmy 0.19 cannot take an IPv6 address here).";
+      };
+      port = mkOption {
+        type = types.port;
+        default =
+          {
+            starttls = 587;
+            tls = 465;
+            none = 25;
+          }
+          .${cfg.email.tls};
+        defaultText = lib.literalMD "587 with `tls = \"starttls\"`, 465 with `\"tls\"`, 25 with `\"none\"`";
+        description = "Port of the SMTP server.";
+      };
+      tls = mkOption {
+        type = types.enum [
+          "starttls"
+          "tls"
+          "none"
+        ];
+        default = "starttls";
+        description = ''
+          Lemmy's `tls_type`: `starttls` upgrades a plain connection (submission, port 587), `tls`
+          speaks TLS from the start (port 465), `none` sends in clear text (only for a relay
+          without login).
+        '';
+      };
+      login = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "lemmy@example.org";
+        description = "SMTP login; null for a server that takes mail without one. Its password: passwordFile.";
+      };
+      passwordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/lemmy-cluster/secrets/smtp-password";
+        description = "File holding the SMTP login's password (read at start through LoadCredential; never in the store).";
+      };
+      fromAddress = mkOption {
+        type = types.str;
+        example = "Example Lemmy <noreply@lemmy.example.org>";
+        description = "Sender of Lemmy's mail: an address, or a name and an address in angle brackets.";
+      };
+    };
+    settings = mkOption {
+      type = (pkgs.formats.json { }).type;
+      default = { };
+      example = {
+        pictrs.image_mode = "ProxyAllImages";
+        federation.concurrent_sends_per_instance = 4;
+        json_logging = true;
+      };
+      description = ''
+        Other settings of Lemmy's config file, merged under what this module writes. The keys the
+        module writes from its other options (hostname, bind, port, tls_enabled, database, setup,
+        email, pictrs.url, pictrs.api_key) are refused, and so are keys that look like secrets:
+        these settings are written into the Nix store, which every local user can read.
+      '';
+    };
     scheduledTasks = mkOption {
       type = types.bool;
       default = true;
@@ -249,11 +389,14 @@ in
         message = "services.lemmy-cluster.backend.federation.index (${toString cfg.federation.index}) must be between 1 and federation.count (${toString cfg.federation.count}) on a machine that sends.";
       }
       {
-        assertion = lib.all (f: !(lib.hasPrefix "/nix/store" f)) [
-          cfg.database.passwordFile
-          cfg.pictrsApiKeyFile
-          cfg.setup.adminPasswordFile
-        ];
+        assertion = lib.all (f: !(lib.hasPrefix "/nix/store" f)) (
+          [
+            cfg.database.passwordFile
+            cfg.pictrsApiKeyFile
+            cfg.setup.adminPasswordFile
+          ]
+          ++ lib.optional (cfg.email.passwordFile != null) cfg.email.passwordFile
+        );
         message = "services.lemmy-cluster.backend: a secret file points into the Nix store, which is world-readable; keep secrets in root-owned files outside it.";
       }
       {
@@ -262,6 +405,27 @@ in
         assertion =
           lib.versions.majorMinor cfg.package.version == "0.19" && lib.versionAtLeast cfg.package.version "0.19.4";
         message = "services.lemmy-cluster.backend: lemmy-cluster supports Lemmy 0.19.4 to 0.19.x, but backend.package is ${cfg.package.version}. Use the flake's nixpkgs (NixOS 26.05) or set backend.package to a Lemmy 0.19 build.";
+      }
+      {
+        assertion = ownedGiven == [ ];
+        message = "services.lemmy-cluster.backend.settings: ${showPaths ownedGiven} are written by this module from its own options (domain, listenAddress, port, tlsEnabled, database.*, setup.*, email.*, pictrsUrl, pictrsApiKeyFile); remove them from settings and set those options instead.";
+      }
+      {
+        assertion = secretGiven == [ ];
+        message = "services.lemmy-cluster.backend.settings: ${showPaths secretGiven} look like secrets, and settings are written into the world-readable Nix store; Lemmy takes secrets only where this module adds them from files (database.passwordFile, pictrsApiKeyFile, setup.adminPasswordFile, email.passwordFile).";
+      }
+      {
+        assertion = tooNew == { };
+        message = "services.lemmy-cluster.backend.settings: ${lib.concatStringsSep ", " (lib.mapAttrsToList (n: v: "${n} needs Lemmy ${v}") tooNew)}, but backend.package is ${cfg.package.version} (Lemmy refuses to start on a pictrs setting it does not know); remove the setting or use a newer Lemmy.";
+      }
+      {
+        assertion =
+          cfg.email.enable -> (cfg.email.login == null) == (cfg.email.passwordFile == null);
+        message = "services.lemmy-cluster.backend.email: login and passwordFile go together (Lemmy logs in only with both); set both, or neither for a server that takes mail without login.";
+      }
+      {
+        assertion = cfg.email.enable -> !(cfg.email.tls == "none" && cfg.email.login != null);
+        message = "services.lemmy-cluster.backend.email: tls = \"none\" with a login would send the SMTP password unencrypted; set email.tls to \"starttls\" or \"tls\".";
       }
       {
         assertion = !config.services.lemmy.enable;

@@ -4,8 +4,9 @@
 #   write-config.sh TEMPLATE OUTPUT SECRETS_DIR
 #
 # TEMPLATE is the JSON config from the Nix store (no secrets). SECRETS_DIR holds the files
-# db-password, pictrs-api-key and admin-password (systemd's $CREDENTIALS_DIRECTORY). The
-# environment gives the non-secret parts of the database URL:
+# db-password, pictrs-api-key and admin-password (systemd's $CREDENTIALS_DIRECTORY), and
+# smtp-password when the template has an SMTP login (email.smtp_login). The environment gives
+# the non-secret parts of the database URL:
 #   LEMMY_CLUSTER_DB_USER, LEMMY_CLUSTER_DB_HOSTS (host:port,host:port,...), LEMMY_CLUSTER_DB_NAME,
 #   LEMMY_CLUSTER_DB_PARAMS (query string without '?', may be empty).
 # Secrets are read by jq from files: none is ever on a command line. OUTPUT gets mode 0600.
@@ -18,7 +19,13 @@ if [ $# -ne 3 ]; then
     exit 2
 fi
 template=$1 output=$2 secrets=$3
-for f in db-password pictrs-api-key admin-password; do
+needed=(db-password pictrs-api-key admin-password)
+# With an SMTP login Lemmy needs its password (email.smtp_password); without one it sends unauthenticated.
+smtp_login=$(jq -r '.email.smtp_login // empty' "$template")
+if [ -n "$smtp_login" ]; then
+    needed+=(smtp-password)
+fi
+for f in "${needed[@]}"; do
     if [ ! -s "$secrets/$f" ]; then
         echo "write-config: the secret $f is missing or empty in $secrets" >&2
         exit 1
@@ -29,7 +36,13 @@ done
 umask 077
 tmp=$(mktemp "$output.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
+smtp_args=() smtp_filter=""
+if [ -n "$smtp_login" ]; then
+    smtp_args=(--rawfile smtppw "$secrets/smtp-password")
+    smtp_filter='| .email.smtp_password = ($smtppw | secret)'
+fi
 jq \
+    "${smtp_args[@]}" \
     --rawfile dbpw "$secrets/db-password" \
     --rawfile apikey "$secrets/pictrs-api-key" \
     --rawfile adminpw "$secrets/admin-password" \
@@ -41,7 +54,7 @@ jq \
      .database.uri = "postgresql://\($user | @uri):\($dbpw | secret | @uri)@\($hosts)/\($db | @uri)"
                      + (if $params == "" then "" else "?\($params)" end)
      | .pictrs.api_key = ($apikey | secret)
-     | .setup.admin_password = ($adminpw | secret)' \
+     | .setup.admin_password = ($adminpw | secret)'"$smtp_filter" \
     "$template" >"$tmp"
 mv -f "$tmp" "$output"
 trap - EXIT

@@ -179,6 +179,12 @@ def init(cluster_file: Path) -> None:
                 click.echo(f"kept: {path}")
             kept += 1
             continue
+        if key == "smtp_password":
+            # The mail provider's password of the login; a made-up one could never log in.
+            login = c.lemmy.email.login if c.lemmy.email else None
+            click.echo(f"missing: {path}: put the password of the SMTP login {login!r} there (one line, mode 0600)")
+            missing += 1
+            continue
         if key in PROVIDED and not own_storage:
             # The S3 provider issues these keys; a made-up one would only fail later, at pict-rs.
             click.echo(f"missing: {path}: put the key your S3 provider gave you there (one line, mode 0600)")
@@ -246,12 +252,17 @@ def push(
     _check_node_keys(c, folder, str(cluster_file))  # a wrong key would keep Garage from starting
     local: dict[str, bytes] = {}
     problems = []
-    for filename in sorted({local_secret_name(k, n) for n in names for k in plans[n].secrets}):
+    wanted = {local_secret_name(k, n): k for n in names for k in plans[n].secrets}
+    for filename, key in sorted(wanted.items()):
         path = folder / filename
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            problems.append(Problem("", f"{path} is missing; create it with `synth secrets init {cluster_file}`"))
+            if key == "smtp_password":
+                fix = "put the password of [lemmy.email] login there (your mail provider's; init never makes it up)"
+            else:
+                fix = f"create it with `synth secrets init {cluster_file}`"
+            problems.append(Problem("", f"{path} is missing; {fix}"))
             continue
         if not data.strip():
             problems.append(

@@ -63,6 +63,23 @@
           "10.1.0.13"
           "10.1.0.14"
         ];
+        email = {
+          enable = true;
+          server = "smtp.example.net";
+          port = 587;
+          tls = "starttls";
+          login = "lemmy@example.net";
+          passwordFile = "/var/lib/lemmy-cluster/secrets/smtp-password";
+          fromAddress = "Example Net <noreply@lemmy.example.net>";
+        };
+        settings = {
+          pictrs = {
+            image_mode = "ProxyAllImages";
+          };
+          federation = {
+            concurrent_sends_per_instance = 4;
+          };
+        };
       };
     };
   };
