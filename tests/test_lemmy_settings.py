@@ -317,3 +317,9 @@ def test_backend_module_refuses_what_synth_refuses() -> None:
 )
 def test_what_looks_like_a_secret(key: str, secret: bool) -> None:
     assert lemmy.looks_secret(key) is secret
+
+
+def test_a_misspelt_lemmy_table_gets_a_did_you_mean() -> None:
+    assert problems('[lemmy.emial]\nserver = "smtp.example.org"\n') == [
+        "cluster.toml: lemmy.emial: unknown key; did you mean 'email'? allowed keys here: email, settings"
+    ]
