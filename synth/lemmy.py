@@ -29,7 +29,10 @@ SECTION = ("lemmy", "settings")
 # (TLS from the first byte, "SMTPS"; port 465) and "none". Lemmy treats any other word as "none".
 SMTP_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 
-_MAILBOX_RE = re.compile(r"^(?:[^<>@\"\r\n]+ )?<([^<>@\s]+@[^<>@\s]+\.[^<>@\s]+)>$|^([^<>@\s]+@[^<>@\s]+\.[^<>@\s]+)$")
+# An address, alone or after a display name of plain words (RFC 5322's specials such as ',' or
+# ':' would need quoting, which Lemmy's mail library reads but which is easy to get wrong in TOML).
+_ADDRESS = r"[^<>()\[\]:;@\\,\"\s]+@[^<>()\[\]:;@\\,\"\s]+\.[^<>()\[\]:;@\\,\"\s]+"
+_MAILBOX_RE = re.compile(rf"^(?:[^<>()\[\]:;@\\,\"\r\n]+ <{_ADDRESS}>|{_ADDRESS})$")
 
 
 def valid_mailbox(text: str) -> bool:

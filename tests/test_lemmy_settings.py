@@ -123,7 +123,15 @@ def test_from_addresses_lettre_reads(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["noreply", "<noreply@example.org", "a@b", "x <y@example.org> z", "a b@example.org"]
+    "address",
+    [
+        "noreply",
+        "<noreply@example.org",
+        "a@b",
+        "x <y@example.org> z",
+        "a b@example.org",
+        "Example, Inc <a@example.org>",
+    ],
 )
 def test_from_addresses_lettre_would_refuse(address: str) -> None:
     assert not lemmy.valid_mailbox(address)
