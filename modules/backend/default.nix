@@ -119,6 +119,7 @@ let
     && !(lib.versionAtLeast cfg.package.version since)
   ) newerSettings;
   showPaths = ps: lib.concatMapStringsSep ", " (lib.concatStringsSep ".") ps;
+  isAre = ps: if lib.length ps == 1 then "is" else "are";
 
   # lemmy_server and (with sending = "dedicated") the lemmy-federate process share everything
   # but their switches and their runtime folder.
@@ -408,11 +409,11 @@ in
       }
       {
         assertion = ownedGiven == [ ];
-        message = "services.lemmy-cluster.backend.settings: ${showPaths ownedGiven} are written by this module from its own options (domain, listenAddress, port, tlsEnabled, database.*, setup.*, email.*, pictrsUrl, pictrsApiKeyFile); remove them from settings and set those options instead.";
+        message = "services.lemmy-cluster.backend.settings: ${showPaths ownedGiven} ${isAre ownedGiven} written by this module from its own options (domain, listenAddress, port, tlsEnabled, database.*, setup.*, email.*, pictrsUrl, pictrsApiKeyFile); remove ${if lib.length ownedGiven == 1 then "it" else "them"} from settings and set those options instead.";
       }
       {
         assertion = secretGiven == [ ];
-        message = "services.lemmy-cluster.backend.settings: ${showPaths secretGiven} look like secrets, and settings are written into the world-readable Nix store; Lemmy takes secrets only where this module adds them from files (database.passwordFile, pictrsApiKeyFile, setup.adminPasswordFile, email.passwordFile).";
+        message = "services.lemmy-cluster.backend.settings: ${showPaths secretGiven} ${if lib.length secretGiven == 1 then "looks like a secret" else "look like secrets"}, and settings are written into the world-readable Nix store; Lemmy takes secrets only where this module adds them from files (database.passwordFile, pictrsApiKeyFile, setup.adminPasswordFile, email.passwordFile).";
       }
       {
         assertion = tooNew == { };
