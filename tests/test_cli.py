@@ -200,3 +200,27 @@ def test_console_script_runs(workdir: Path) -> None:
     bad = subprocess.run([exe, "validate", "missing.toml"], cwd=workdir, capture_output=True, text=True, check=False)
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_house_one_module_per_command_and_no_cycle() -> None:
+    """Every command lives in synth/commands/<command>.py; cli.py only registers them; no command
+    module imports synth.cli (the import cycle of old)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "synth"
+    cli_tree = ast.parse((root / "cli.py").read_text())
+    defined = [n.name for n in cli_tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    assert defined == ["main"], f"cli.py defines only the group, got {defined}"
+    for path in sorted((root / "commands").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            assert "synth.cli" not in names, f"{path.name} imports synth.cli"
+    for name, cmd in main.commands.items():
+        assert cmd.callback is not None
+        assert cmd.callback.__module__ == f"synth.commands.{name.replace('-', '_')}", name

@@ -1,4 +1,4 @@
-"""synth.deploy: batch order, parallel limit, health gating, rollback of the failing batch, exit codes;
+"""synth.rollout: batch order, parallel limit, health gating, rollback of the failing batch, exit codes;
 the commands it builds; `synth deploy --dry-run` against reviewed golden outputs; the refusals."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from synth import deploy as d
+from synth import rollout as d
 from synth.checks import CheckResult
 from synth.model import load
 from synth.order import Batch

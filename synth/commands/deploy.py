@@ -1,4 +1,7 @@
-"""`synth deploy`: batch by batch (synth.order), health-gated, rolling back the batch that fails."""
+"""`synth deploy`: batch by batch (synth.order), health-gated, rolling back the batch that fails.
+
+The command only; the orchestration and the rebuild/rollback commands are in synth.rollout.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,15 @@ from pathlib import Path
 
 import click
 
-from synth.cli import CLUSTER_ARG, user_errors
-from synth.commands import folder_of, host_option, make_ssh_options, select, ssh_options
+from synth.commands.common import (
+    CLUSTER_ARG,
+    folder_of,
+    host_option,
+    make_ssh_options,
+    select,
+    ssh_options,
+    user_errors,
+)
 
 
 @click.command("deploy")
@@ -100,7 +110,7 @@ def deploy(
     import threading
     import time
 
-    from synth import deploy as d
+    from synth import rollout as d
     from synth.commands.verify import role_checker
     from synth.errors import Problem, SynthError
     from synth.model import load

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import click
 
-from synth.cli import user_errors
-from synth.commands import make_ssh_options, ssh_options
+from synth.commands.common import edit_cluster, load_cluster, make_ssh_options, ssh_options, user_errors
 
 RECOVERY_CHECK = "runuser -u postgres -- psql -XAtc 'SELECT pg_is_in_recovery()'"
 PROMOTE = "lemmy-cluster-pg-promote"
@@ -49,13 +48,12 @@ def promote(
     identity: Path | None,
 ) -> None:
     """Promote the PostgreSQL replica MACHINE to primary and make the cluster file follow."""
-    from synth.cli import _edit_cluster, _load
     from synth.edit import set_primary
     from synth.errors import SynthError
     from synth.order import batches
     from synth.remote import ssh_argv
 
-    c = _load(cluster_file)
+    c = load_cluster(cluster_file)
     file = str(cluster_file)
     if machine not in c.machines:
         raise SynthError.single(file, f"machines.{machine}", f"no machine named {machine!r}")
@@ -93,7 +91,7 @@ def promote(
             f"the promote command failed (exit code {done.returncode}); {file} was not changed",
         )
     old = c.postgres.primary
-    new = _edit_cluster(cluster_file, lambda text, _c: set_primary(text, file, machine), out_dir)
+    new = edit_cluster(cluster_file, lambda text, _c: set_primary(text, file, machine), out_dir)
     click.echo(f"{machine} is the primary now; {old} must not start as a primary again.")
     click.echo("Deploy next, in this order (the backends then use the new primary, the replicas follow it):")
     others = [n for n in new.machines_with("postgres") if n not in (machine, old)]

@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from synth.cli import CLUSTER_ARG, user_errors
-from synth.commands import folder_of, host_option, make_ssh_options, select, ssh_options
+from synth.commands.common import (
+    CLUSTER_ARG,
+    folder_of,
+    host_option,
+    make_ssh_options,
+    select,
+    ssh_options,
+    user_errors,
+    write_cluster_file,
+)
 
 if TYPE_CHECKING:
     from synth.model import Cluster
@@ -205,12 +213,10 @@ def init(cluster_file: Path) -> None:
         if c.machines[name].garage_node_id is None
     }
     if record:
-        from synth.cli import _write_cluster_file
-
         text = cluster_file.read_text(encoding="utf-8")
         new_text = set_machine_keys(text, str(cluster_file), record)
         parse(new_text, str(cluster_file))  # the ids are all that was missing
-        _write_cluster_file(cluster_file, new_text)
+        write_cluster_file(cluster_file, new_text)
         for name in record:
             click.echo(f"recorded: machines.{name}.garage_node_id in {cluster_file}")
         click.echo(f"Next: `synth generate {cluster_file}` puts the node ids into hosts/.")

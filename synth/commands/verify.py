@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from synth.cli import CLUSTER_ARG, user_errors
-from synth.commands import host_option, make_ssh_options, select, ssh_options
+from synth.commands.common import CLUSTER_ARG, host_option, make_ssh_options, select, ssh_options, user_errors
 
 if TYPE_CHECKING:
     from synth.checks import CheckResult

@@ -1,0 +1,23 @@
+"""`synth validate`: check the cluster file and report every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from synth.commands.common import CLUSTER_ARG, load_cluster, user_errors
+
+
+@click.command("validate")
+@CLUSTER_ARG
+@user_errors
+def validate(cluster_file: Path) -> None:
+    """Check CLUSTER (default ./cluster.toml) and report every problem."""
+    c = load_cluster(cluster_file)
+    roles: dict[str, int] = {}
+    for m in c.machines.values():
+        for r in m.roles:
+            roles[r] = roles.get(r, 0) + 1
+    summary = ", ".join(f"{n} {r}" for r, n in sorted(roles.items()))
+    click.echo(f"{cluster_file}: OK: cluster {c.cluster.name!r}, {len(c.machines)} machines ({summary})")
