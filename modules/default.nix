@@ -7,6 +7,8 @@
     ./backend
     ./pictrs
     ./postgres
+    ./etcd
+    ./pg-proxy
     ./storage
   ];
 }

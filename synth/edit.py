@@ -14,7 +14,7 @@ import tomlkit
 from tomlkit.items import Table
 
 from synth.errors import Problem, SynthError
-from synth.model import Cluster, replication_factor
+from synth.model import Cluster, automatic_failover, etcd_members, replication_factor
 
 
 def _doc(text: str, file: str) -> Any:
@@ -58,6 +58,33 @@ def add_machine(
         table.add(key, value)
     machines[name] = table
     return str(tomlkit.dumps(doc))
+
+
+def keep_etcd_members(text: str, file: str, before: Cluster) -> tuple[str, list[str]]:
+    """TEXT (an edit of the cluster BEFORE) with [etcd] members recorded as BEFORE chose them, when
+    the edit would otherwise move etcd members: the etcd cluster keeps its members, however the
+    machines change. Returns the text and the members recorded ([] when nothing was needed)."""
+    import tomllib
+
+    from synth.model import from_data
+
+    if before.etcd.members is not None or not automatic_failover(before):
+        return text, []
+    old = etcd_members(before)
+    try:
+        after = from_data(tomllib.loads(text), file)
+    except (SynthError, tomllib.TOMLDecodeError):
+        return text, []  # the caller reports why the edit is invalid
+    if etcd_members(after) == old or not all(m in after.machines for m in old):
+        return text, []
+    doc = _doc(text, file)
+    etcd = doc.get("etcd")
+    if etcd is None:
+        etcd = tomlkit.table()
+        etcd.comment("the etcd members, recorded by synth so that adding machines never moves them")
+        doc["etcd"] = etcd
+    etcd["members"] = old
+    return str(tomlkit.dumps(doc)), old
 
 
 def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:

@@ -54,10 +54,22 @@ class ClusterSection(_Strict):
 
 
 class PostgresSection(_Strict):
+    # failover = "automatic": the machine whose database the Patroni cluster is created from (or
+    # takes over); Patroni then elects the leader by itself. failover = "manual": the primary.
     primary: str
     version: int
     synchronous: bool = False
     max_connections: int = Field(default=200, ge=20, le=10000)
+    # With several postgres machines: "automatic" runs them under Patroni with etcd (a new leader
+    # without anyone acting); "manual" keeps plain streaming replication and `synth promote`.
+    failover: Literal["automatic", "manual"] = "automatic"
+
+
+class EtcdSection(_Strict):
+    # The machines that run etcd, Patroni's consensus store (default: chosen by etcd_members()).
+    members: list[str] | None = None
+    # How many members: 3 keep a quorum with one machine down, 5 with two.
+    size: int | None = None
 
 
 class BackendSection(_Strict):
@@ -133,6 +145,7 @@ class Cluster(_Strict):
     pictrs: PictrsSection = PictrsSection()
     storage: StorageSection = StorageSection()
     lemmy: LemmySection = LemmySection()
+    etcd: EtcdSection = EtcdSection()
     secrets: SecretsSection = SecretsSection()
     machines: dict[str, Machine]
 
@@ -368,6 +381,7 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
 
     p += _check_machines(c.machines)
     p += _check_roles(c)
+    p += _check_failover(c)
     p += _check_storage(c, pending_node_ids)
     p += _check_lemmy(c)
     return sorted(p)
@@ -423,6 +437,92 @@ def _check_lemmy(c: Cluster) -> list[Problem]:
                 "lemmy.email.from_address",
                 f"{sender!r} is not an email address; write 'noreply@{c.cluster.domain}' or "
                 f"'Example <noreply@{c.cluster.domain}>' (Lemmy stops sending mail on an address it cannot read)",
+            )
+        )
+    return p
+
+
+# etcd, Patroni's consensus store: an odd number of members; 3 keep a quorum with one down, 5 with two.
+ETCD_SIZES = (3, 5)
+DEFAULT_ETCD_SIZE = 3
+
+
+def automatic_failover(c: Cluster) -> bool:
+    """Whether the postgres machines run under Patroni (several of them, failover = "automatic")."""
+    return c.postgres.failover == "automatic" and len(c.machines_with("postgres")) >= 2
+
+
+def etcd_members(c: Cluster) -> list[str]:
+    """The machines that run etcd, in the order they are listed (empty without automatic failover).
+
+    Named by [etcd] members, or chosen: the postgres machines in file order, then the other
+    machines in file order, the first [etcd] size (default 3) of them. Machines are added at the
+    end of the file, so adding one never changes the choice, except a postgres machine added while
+    a member is not a postgres machine: `synth add-machine` then records the current members first.
+    """
+    if not automatic_failover(c):
+        return []
+    if c.etcd.members is not None:
+        return list(c.etcd.members)
+    size = c.etcd.size or DEFAULT_ETCD_SIZE
+    pgs = c.machines_with("postgres")
+    return (pgs + [m for m in c.machines if m not in pgs])[:size]
+
+
+def _check_failover(c: Cluster) -> list[Problem]:
+    p: list[Problem] = []
+    pgs = c.machines_with("postgres")
+    e = c.etcd
+    given = e.members is not None or e.size is not None
+    if not automatic_failover(c):
+        if given:
+            why = (
+                'failover = "manual"'
+                if c.postgres.failover == "manual"
+                else f"{len(pgs)} postgres machine{'s' if len(pgs) != 1 else ''} (etcd serves Patroni, "
+                "which needs two or more)"
+            )
+            key = "etcd.members" if e.members is not None else "etcd.size"
+            p.append(Problem(key, f"etcd runs only with automatic failover, and this cluster has {why}; remove [etcd]"))
+        return p
+    if e.size is not None and e.size not in ETCD_SIZES:
+        p.append(
+            Problem(
+                "etcd.size",
+                f"{e.size} etcd members: use 3 (a quorum survives one machine down) or 5 (two down); "
+                "an even number tolerates no more failures than one member fewer",
+            )
+        )
+    if e.members is not None:
+        seen: set[str] = set()
+        for i, name in enumerate(e.members):
+            where = dotted(("etcd", "members", i))
+            if name in seen:
+                p.append(Problem(where, f"{name!r} is listed twice; each etcd member runs on its own machine"))
+            elif name not in c.machines:
+                hint = _did_you_mean(name, list(c.machines))
+                p.append(Problem(where, f"no machine named {name!r} in this cluster; {hint}".rstrip("; ")))
+            seen.add(name)
+        if len(e.members) not in ETCD_SIZES:
+            p.append(
+                Problem(
+                    "etcd.members",
+                    f"{len(e.members)} members: name 3 machines (a quorum survives one down) or 5 (two down)",
+                )
+            )
+        elif e.size is not None and e.size != len(e.members):
+            p.append(Problem("etcd.size", f"{e.size}, but etcd.members names {len(e.members)}; remove size"))
+        return p
+    size = e.size if e.size in ETCD_SIZES else DEFAULT_ETCD_SIZE
+    if len(c.machines) < size:
+        p.append(
+            Problem(
+                "postgres.failover",
+                f"automatic failover needs {size} etcd members on {size} different machines (Patroni's "
+                f"consensus store: a majority of them must agree on the leader), and this cluster has "
+                f"{len(c.machines)} machine{'s' if len(c.machines) != 1 else ''}. Add a machine (any role: an etcd "
+                'member is small), or set [postgres] failover = "manual" (a standby promoted by '
+                "`synth promote`)",
             )
         )
     return p

@@ -1,7 +1,11 @@
 """The order in which machines are (re)deployed: safe for the data, never all frontends at once.
 
-1. the PostgreSQL primary (a replica clones it; backends run migrations against it),
-2. the PostgreSQL replicas,
+1. the PostgreSQL primary (a replica clones it; backends run migrations against it); under
+   Patroni, the member that creates the cluster ([postgres] primary),
+2. the PostgreSQL replicas (under Patroni: the other members), one at a time,
+   then the etcd members that are not postgres machines, one at a time (on a first deploy the
+   postgres machines' members may not have a quorum yet: Patroni waits for it, and the role checks
+   of a deploy accept that wait),
    then the storage machines (Garage), one at a time: with three copies of every object, reads and
    writes go on while one restarts,
 3. pict-rs (half of the machines at a time, when several share object storage),
@@ -17,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from synth.model import Cluster
+from synth.model import Cluster, etcd_members
 
-STAGES = ("postgres-primary", "postgres-replicas", "storage", "pictrs", "backend", "frontends")
+STAGES = ("postgres-primary", "postgres-replicas", "etcd", "storage", "pictrs", "backend", "frontends")
 # Stages whose machines serve in parallel: deployed at most half of them at a time (by role).
 HALF_AT_A_TIME = {"pictrs": "pictrs", "backend": "backend", "frontends": "frontend"}
 
@@ -37,6 +41,8 @@ def stage_of(c: Cluster, name: str) -> str:
     roles = c.machines[name].roles
     if "postgres" in roles:
         return "postgres-primary" if name == c.postgres.primary else "postgres-replicas"
+    if name in etcd_members(c):
+        return "etcd"
     if "storage" in roles:
         return "storage"
     if "pictrs" in roles:
@@ -73,9 +79,9 @@ def batches(c: Cluster, only: Iterable[str] | None = None) -> list[Batch]:
         if stage in HALF_AT_A_TIME:
             size = half_batch_size(len(c.machines_with(HALF_AT_A_TIME[stage])))
             out += [Batch(stage, tuple(names[i : i + size])) for i in range(0, len(names), size)]
-        elif stage in ("postgres-replicas", "storage"):
-            # One at a time: the other replicas keep the standby count up, the other storage
-            # machines Garage's quorum, while one restarts.
+        elif stage in ("postgres-replicas", "etcd", "storage"):
+            # One at a time: the other replicas keep the standby count up, the other etcd members
+            # etcd's quorum, the other storage machines Garage's quorum, while one restarts.
             out += [Batch(stage, (n,)) for n in names]
         else:
             out.append(Batch(stage, tuple(names)))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from synth.model import (
     Cluster,
+    automatic_failover,
+    etcd_members,
     federation_senders,
     pictrs_bucket,
     replication_factor,
@@ -28,6 +30,16 @@ HTTPS_PORT = 443
 DB_NAME = "lemmy"
 DB_USER = "lemmy"
 REPLICATION_USER = "replicator"
+
+# Automatic failover: Patroni on every postgres machine (its REST API), etcd on the members, and on
+# each pict-rs machine a local HAProxy to the leader (pict-rs takes a single database URL).
+PATRONI_API_PORT = 8008
+PATRONI_SUPERUSER = "postgres"
+PATRONI_REWIND_USER = "rewind"
+PATRONI_API_USER = "patroni"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+PG_PROXY_PORT = 5433
 
 PICTRS_DB_NAME = "pictrs"
 PICTRS_DB_USER = "pictrs"
@@ -57,6 +69,10 @@ SECRET_FILES = {
     # only with machines of role "storage" (Garage)
     "garage_rpc_secret": "garage-rpc-secret",
     "garage_node_key": "garage-node-key",
+    # only with automatic failover (Patroni)
+    "postgres_superuser_password": "postgres-superuser-password",
+    "rewind_password": "postgres-rewind-password",
+    "patroni_api_password": "patroni-api-password",
 }
 # Secrets of which every machine has its own: secrets/<file>.<machine> here, <dir>/<file> there.
 PER_MACHINE_SECRETS = frozenset({"garage_node_key"})
@@ -145,8 +161,17 @@ class StoragePlan:
 
 
 @dataclass(frozen=True)
+class PatroniPlan:
+    bootstrap: bool  # the one member that may create the cluster (or take over its database)
+    etcd_hosts: list[str]  # "<address>:<client port>" of every etcd member
+    api_clients: list[str]  # besides the other members: the proxies that check /primary
+    synchronous: bool
+
+
+@dataclass(frozen=True)
 class PostgresPlan:
-    role: str  # "primary" | "replica"
+    # "primary" | "replica" (plain streaming replication, manual failover), or "patroni"
+    role: str
     primary_address: str
     slot: str
     replication_slots: list[str]
@@ -154,6 +179,18 @@ class PostgresPlan:
     replication_peers: list[str]
     synchronous_standbys: list[str]
     pictrs_clients: list[str]  # pict-rs machines using the "pictrs" database (object storage)
+    patroni: PatroniPlan | None = None
+
+
+@dataclass(frozen=True)
+class EtcdPlan:
+    members: dict[str, str]  # every member (this machine too) and its address, in file order
+    clients: list[str]  # addresses of the Patroni members that are not etcd members themselves
+
+
+@dataclass(frozen=True)
+class PgProxyPlan:
+    servers: dict[str, str]  # every postgres machine and its address
 
 
 @dataclass(frozen=True)
@@ -170,6 +207,8 @@ class HostPlan:
     pictrs: PictrsPlan | None = None
     postgres: PostgresPlan | None = None
     storage: StoragePlan | None = None
+    etcd: EtcdPlan | None = None
+    pg_proxy: PgProxyPlan | None = None
     public_ports: list[int] = field(default_factory=list)
 
 
@@ -182,8 +221,12 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     pgs = c.machines_with("postgres")
     primary = c.postgres.primary
     replicas = [m for m in pgs if m != primary]
+    patroni = automatic_failover(c)
+    etcd = etcd_members(c)
 
     shared_pictrs = c.pictrs.store == "object_storage"
+    # pict-rs takes one database URL: under Patroni its local HAProxy, which follows the leader.
+    pictrs_proxy = patroni and shared_pictrs
     storage = c.machines_with("storage")
     setup_machine = storage[0] if storage else None
     garage_s3 = [hostport(addr[m], GARAGE_S3_PORT) for m in storage]
@@ -208,6 +251,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             need += ["db_password", "replication_password"]
             if shared_pictrs:
                 need += ["pictrs_db_password"]
+            if patroni:
+                need += ["postgres_superuser_password", "rewind_password", "patroni_api_password"]
         if "storage" in roles:
             need += ["garage_rpc_secret", "garage_node_key"]
         if "storage" in roles and name == setup_machine:
@@ -259,7 +304,7 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             pr = PictrsPlan(
                 clients=[addr[b] for b in backends if b != name],
                 store=c.pictrs.store,
-                repo_host=addr[primary] if shared_pictrs else None,
+                repo_host=("127.0.0.1" if pictrs_proxy else addr[primary]) if shared_pictrs else None,
                 endpoint=(f"http://127.0.0.1:{PICTRS_S3_PROXY_PORT}" if storage else c.pictrs.endpoint)
                 if shared_pictrs
                 else None,
@@ -270,12 +315,12 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             )
             talks_to.update(backends)
             if shared_pictrs:
-                talks_to.add(primary)
+                talks_to.update(pgs if pictrs_proxy else [primary])
                 talks_to.update(storage)
         if "postgres" in roles:
             peers = [p for p in pgs if p != name]
             pg = PostgresPlan(
-                role="primary" if name == primary else "replica",
+                role="patroni" if patroni else "primary" if name == primary else "replica",
                 primary_address=addr[primary],
                 slot=slot_name(name),
                 replication_slots=[slot_name(p) for p in peers],
@@ -283,10 +328,20 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 # pg_hba must name it too (its firewall rule is harmless: local traffic uses lo).
                 clients=[addr[b] for b in backends],
                 replication_peers=[addr[p] for p in peers],
-                synchronous_standbys=([slot_name(r) for r in replicas] if c.postgres.synchronous else []),
+                synchronous_standbys=(
+                    [slot_name(r) for r in replicas] if c.postgres.synchronous and not patroni else []
+                ),
                 pictrs_clients=[addr[p] for p in pictrs] if shared_pictrs else [],
+                patroni=PatroniPlan(
+                    bootstrap=name == primary,
+                    etcd_hosts=[hostport(addr[m], ETCD_CLIENT_PORT) for m in etcd],
+                    api_clients=[addr[p] for p in pictrs if p not in pgs] if pictrs_proxy else [],
+                    synchronous=c.postgres.synchronous,
+                )
+                if patroni
+                else None,
             )
-            talks_to.update(backends, peers)
+            talks_to.update(backends, peers, etcd)
             if shared_pictrs:
                 talks_to.update(pictrs)
         st = None
@@ -317,6 +372,14 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             talks_to.update(others)
             if shared_pictrs:
                 talks_to.update(pictrs)
+        et = None
+        if name in etcd:
+            et = EtcdPlan(
+                members={m: addr[m] for m in c.machines if m in etcd},
+                clients=[addr[p] for p in pgs if p not in etcd],
+            )
+            talks_to.update(etcd, pgs)
+        proxy = PgProxyPlan(servers={p: addr[p] for p in pgs}) if pictrs_proxy and "pictrs" in roles else None
         public = [HTTP_PORT] + ([HTTPS_PORT] if c.cluster.tls != "none" else []) if fe else []
         hosts[name] = HostPlan(
             name=name,
@@ -333,6 +396,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             pictrs=pr,
             postgres=pg,
             storage=st,
+            etcd=et,
+            pg_proxy=proxy,
             public_ports=public,
         )
     return hosts

@@ -306,3 +306,88 @@ def test_acme_limited_to_five_frontends() -> None:
     assert msg.startswith('c.toml: cluster.tls: tls = "acme" gets one certificate per frontend'), msg
     assert "with 6 frontends use" in msg
     parse(BASE.replace('admin_email = "admin@example.org"', 'admin_email = "a@b.org"\ntls = "none"') + extra)
+
+
+# --------------------------------------------------------------------------- automatic failover
+
+DB2 = '\n[machines.db2]\naddress = "10.0.0.4"\nroles = ["postgres"]\n'
+
+
+def test_two_postgres_machines_get_automatic_failover_with_three_etcd_members() -> None:
+    from synth.model import automatic_failover, etcd_members
+
+    c = parse(BASE + DB2)
+    assert automatic_failover(c)
+    # The postgres machines first, then the other machines in file order.
+    assert etcd_members(c) == ["db1", "db2", "fe1"]
+    assert etcd_members(parse(BASE)) == [], "one postgres machine: plain PostgreSQL, no etcd"
+    manual = parse(BASE.replace("version = 17", 'version = 17\nfailover = "manual"') + DB2)
+    assert not automatic_failover(manual) and etcd_members(manual) == []
+
+
+def test_automatic_failover_refused_without_room_for_three_etcd_members() -> None:
+    # Two machines, both with every role: no third machine to hold an etcd member.
+    text = BASE.split("[machines.fe1]")[0] + (
+        '[machines.db1]\naddress = "10.0.0.3"\nroles = ["frontend", "backend", "pictrs", "postgres"]\n'
+    )
+    msg = one(text + DB2)
+    assert msg.startswith("c.toml: postgres.failover: automatic failover needs 3 etcd members on 3 different machines")
+    assert 'set [postgres] failover = "manual"' in msg and "Add a machine" in msg
+    # The way out works.
+    parse(text.replace("version = 17", 'version = 17\nfailover = "manual"') + DB2)
+
+
+def test_five_etcd_members_need_five_machines() -> None:
+    msg = one(BASE + DB2 + "\n[etcd]\nsize = 5\n")
+    assert "needs 5 etcd members on 5 different machines" in msg and "4 machines" in msg
+
+
+@pytest.mark.parametrize(
+    ("etcd", "expected"),
+    [
+        (
+            'members = ["db1", "db2", "fe9"]',
+            "c.toml: etcd.members[2]: no machine named 'fe9' in this cluster; did you mean 'fe1'?",
+        ),
+        (
+            'members = ["db1", "db1", "fe1"]',
+            "c.toml: etcd.members[1]: 'db1' is listed twice; each etcd member runs on its own machine",
+        ),
+        (
+            'members = ["db1", "db2"]',
+            "c.toml: etcd.members: 2 members: name 3 machines (a quorum survives one down) or 5 (two down)",
+        ),
+        (
+            "size = 4",
+            "c.toml: etcd.size: 4 etcd members: use 3 (a quorum survives one machine down) or 5 (two down); "
+            "an even number tolerates no more failures than one member fewer",
+        ),
+        ('members = ["db1", "db2", "fe1"]\nsize = 5', "c.toml: etcd.size: 5, but etcd.members names 3; remove size"),
+    ],
+)
+def test_etcd_section_refusals(etcd: str, expected: str) -> None:
+    assert one(BASE + DB2 + f"\n[etcd]\n{etcd}\n") == expected
+
+
+def test_named_etcd_members_are_kept() -> None:
+    from synth.model import etcd_members
+
+    c = parse(BASE + DB2 + '\n[etcd]\nmembers = ["fe1", "db2", "app1"]\n')
+    assert etcd_members(c) == ["fe1", "db2", "app1"]
+
+
+def test_etcd_section_refused_without_automatic_failover() -> None:
+    assert one(BASE + "\n[etcd]\nsize = 3\n") == (
+        "c.toml: etcd.size: etcd runs only with automatic failover, and this cluster has 1 postgres machine "
+        "(etcd serves Patroni, which needs two or more); remove [etcd]"
+    )
+    manual = BASE.replace("version = 17", 'version = 17\nfailover = "manual"') + DB2
+    assert one(manual + '\n[etcd]\nmembers = ["db1", "db2", "fe1"]\n') == (
+        'c.toml: etcd.members: etcd runs only with automatic failover, and this cluster has failover = "manual"; '
+        "remove [etcd]"
+    )
+
+
+def test_unknown_failover_mode() -> None:
+    msg = one(BASE.replace("version = 17", 'version = 17\nfailover = "auto"'))
+    assert msg.startswith("c.toml: postgres.failover: invalid value 'auto'; expected one of 'automatic' or 'manual'")

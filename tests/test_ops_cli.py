@@ -137,9 +137,11 @@ def test_plan_json_after_adding_a_frontend(workdir: Path) -> None:
     statuses = {f["path"]: f["status"] for f in data["files"]}
     assert statuses["hosts/fe3/default.nix"] == "added"
     assert statuses["hosts/app1/default.nix"] == "changed", "the backend admits fe3 through its firewall"
-    assert data["redeploy"] == ["fe1", "fe2", "fe3", "app1"] or set(data["redeploy"]) >= {"fe1", "fe2", "fe3", "app1"}
-    assert data["batches"][0] == {"stage": "pictrs", "machines": ["app1"]}
-    assert [b["stage"] for b in data["batches"][1:]] == ["frontends", "frontends", "frontends"]
+    assert set(data["redeploy"]) == {"fe1", "fe2", "fe3", "app1"}
+    # fe1 is an etcd member (small.toml's third): deployed in the etcd stage, alone.
+    assert data["batches"][0] == {"stage": "etcd", "machines": ["fe1"]}
+    assert data["batches"][1] == {"stage": "pictrs", "machines": ["app1"]}
+    assert [b["stage"] for b in data["batches"][2:]] == ["frontends", "frontends"]
 
 
 def test_plan_no_changes(workdir: Path) -> None:
@@ -197,12 +199,16 @@ def test_plan_since_git_revision(workdir: Path) -> None:
     assert code == 0
     data = json.loads(out)
     assert {f["path"]: f["status"] for f in data["files"]}["hosts/db3/default.nix"] == "added"
-    assert data["redeploy"] == ["app1", "db1", "db2", "db3"]
+    # fe1 is an etcd member (its client port opens to db3); add-machine kept it one, recording
+    # the members, instead of letting the new postgres machine take its place.
+    assert data["redeploy"] == ["fe1", "app1", "db1", "db2", "db3"]
     assert [b["stage"] for b in data["batches"]] == [
         "postgres-primary",
         "postgres-replicas",
         "postgres-replicas",
+        "etcd",
         "pictrs",
     ]
+    assert 'members = ["db1", "db2", "fe1"]' in toml.read_text()
     code, _, err = run("plan", str(toml), "--since", "no-such-rev")
     assert code == 1 and "--since: cannot read no-such-rev with git" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synth.model import load
+from synth.model import load, parse
 from synth.order import batches, half_batch_size
 from tests.conftest import EXAMPLES
 
@@ -17,7 +17,18 @@ def test_small_order() -> None:
     assert flat("small") == [
         ("postgres-primary", ("db1",)),
         ("postgres-replicas", ("db2",)),
+        ("etcd", ("fe1",)),  # the third etcd member: before the machines that need the database
         ("pictrs", ("app1",)),  # app1 runs backend + pictrs: deployed in its earliest stage
+        ("frontends", ("fe2",)),
+    ]
+
+
+def test_small_order_with_manual_failover() -> None:
+    text = (EXAMPLES / "small.toml").read_text().replace("[postgres]\n", '[postgres]\nfailover = "manual"\n', 1)
+    assert [(b.stage, b.machines) for b in batches(parse(text))] == [
+        ("postgres-primary", ("db1",)),
+        ("postgres-replicas", ("db2",)),
+        ("pictrs", ("app1",)),
         ("frontends", ("fe1",)),
         ("frontends", ("fe2",)),
     ]

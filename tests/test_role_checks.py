@@ -12,7 +12,7 @@ from pathlib import Path
 from synth.checks.backend import backend_checks
 from synth.checks.pictrs import pictrs_checks
 from synth.checks.roles import checks_for
-from synth.model import load
+from synth.model import load, parse
 from synth.topology import plan
 from tests.conftest import EXAMPLES
 
@@ -101,7 +101,8 @@ def test_dispatcher_runs_each_role_of_the_machine() -> None:
 
 
 def test_dispatcher_postgres_primary_in_rollout_does_not_require_standbys(tmp_path: Path) -> None:
-    c = load(EXAMPLES / "small.toml")
+    text = (EXAMPLES / "small.toml").read_text().replace("[postgres]\n", '[postgres]\nfailover = "manual"\n', 1)
+    c = parse(text)
     db1 = plan(c)["db1"]
     assert db1.postgres is not None and db1.postgres.replication_slots == ["db2"]
 
@@ -196,3 +197,28 @@ def test_storage_check_details() -> None:
     assert not down.ok and "`garage status` failed with exit code 1: Error: Internal error" in down.detail
     silent = storage_checks(ScriptedHost(), "10.2.0.22", node)
     assert [r.ok for r in silent] == [False, False], "no quorum or layout check without listeners"
+
+
+def test_dispatcher_runs_patroni_and_etcd_checks_on_their_machines() -> None:
+    """Under Patroni a postgres machine gets Patroni's checks, an etcd member etcd's (the checks
+    themselves run against the real Patroni and etcd in tests/live/test_patroni.py)."""
+    c = load(EXAMPLES / "small.toml")
+    plans = plan(c)
+
+    class Silent(ScriptedHost):
+        def run(self, command: str) -> Result:
+            self.commands.append(command)
+            return Result(7, "", "no answer")
+
+        def socket(self, spec: str) -> object:
+            return type("S", (), {"is_listening": False})()
+
+    db1 = Silent()
+    results = checks_for(c, plans["db1"], db1)
+    assert [r.name for r in results] == ["patroni: member", "etcd: healthy"]
+    assert not any(r.ok for r in results)
+    assert "http://10.0.0.30:8008/patroni" in results[0].detail
+    # During a deploy, a first member whose etcd has no quorum yet is waiting, not broken.
+    waiting = checks_for(c, plans["db1"], Silent(), rollout=True)
+    assert all(r.ok for r in waiting), waiting
+    assert "waiting for etcd's quorum" in waiting[0].detail

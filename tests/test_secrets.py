@@ -34,8 +34,11 @@ def test_init_creates_every_secret_private_and_random(cluster: Path) -> None:
     assert code == 0, err
     folder = cluster.parent / "secrets"
     assert mode(folder) == 0o700
-    # small.toml keeps pict-rs's storage local: no database password or S3 keys for it.
-    expected = [SECRET_FILES[k] for k in ("db_password", "replication_password", "pictrs_api_key", "admin_password")]
+    # small.toml keeps pict-rs's storage local: no database password or S3 keys for it; its two
+    # postgres machines run under Patroni: the superuser's, pg_rewind's and the REST API's passwords.
+    patroni = ("postgres_superuser_password", "rewind_password", "patroni_api_password")
+    keys = ("db_password", "replication_password", "pictrs_api_key", "admin_password", *patroni)
+    expected = [SECRET_FILES[k] for k in keys]
     assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
     values = set()
     for name in expected:
@@ -47,7 +50,7 @@ def test_init_creates_every_secret_private_and_random(cluster: Path) -> None:
         values.add(value)
         assert f"created: {path}" in out
     assert len(values) == len(expected), "every secret is different"
-    assert "4 created, 0 kept" in out
+    assert "7 created, 0 kept" in out
 
 
 def test_init_never_overwrites(cluster: Path) -> None:
@@ -66,7 +69,7 @@ def test_init_never_overwrites(cluster: Path) -> None:
     code, out, _ = run("secrets", "init", str(cluster))
     assert code == 0
     assert {p.name: p.read_text() for p in folder.iterdir()} == before
-    assert "0 created, 4 kept" in out
+    assert "0 created, 7 kept" in out
 
 
 def test_init_warns_when_git_does_not_ignore_secrets(cluster: Path) -> None:

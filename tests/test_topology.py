@@ -78,10 +78,17 @@ def test_pictrs_only_open_to_other_backends() -> None:
     assert pr is not None and pr.clients == []
 
 
-def test_postgres_roles_slots_and_peers() -> None:
-    p = small()
+def manual(example: str) -> str:
+    """EXAMPLE's text with failover = "manual" (plain streaming replication)."""
+    return (EXAMPLES / f"{example}.toml").read_text().replace("[postgres]\n", '[postgres]\nfailover = "manual"\n', 1)
+
+
+def test_postgres_roles_slots_and_peers_with_manual_failover() -> None:
+    p = plan(parse(manual("small")))
     db1, db2 = p["db1"].postgres, p["db2"].postgres
     assert db1 is not None and db2 is not None
+    assert db1.patroni is None and db2.patroni is None
+    assert p["db1"].etcd is None, "no etcd without automatic failover"
     assert (db1.role, db2.role) == ("primary", "replica")
     assert db2.primary_address == "10.0.0.30"
     assert db1.replication_slots == ["db2"] and db2.replication_slots == ["db1"]
@@ -90,11 +97,33 @@ def test_postgres_roles_slots_and_peers() -> None:
     assert db1.synchronous_standbys == []
 
 
-def test_synchronous_standbys_in_large_example() -> None:
+def test_patroni_members_with_automatic_failover() -> None:
+    p = small()
+    db1, db2 = p["db1"].postgres, p["db2"].postgres
+    assert db1 is not None and db2 is not None and db1.patroni and db2.patroni
+    assert (db1.role, db2.role) == ("patroni", "patroni")
+    # Only [postgres] primary may create the cluster; the others clone it.
+    assert (db1.patroni.bootstrap, db2.patroni.bootstrap) == (True, False)
+    assert db1.patroni.etcd_hosts == ["10.0.0.30:2379", "10.0.0.31:2379", "10.0.0.10:2379"]
+    assert db1.clients == ["10.0.0.20"] and db2.clients == ["10.0.0.20"], "any member may lead"
+    # etcd: the postgres machines first, then the first other machine in file order.
+    members = {n for n, h in p.items() if h.etcd}
+    assert members == {"db1", "db2", "fe1"}
+    assert p["fe1"].etcd is not None
+    assert p["fe1"].etcd.members == {"fe1": "10.0.0.10", "db1": "10.0.0.30", "db2": "10.0.0.31"}
+    assert p["fe1"].etcd.clients == [], "every Patroni member is an etcd member here"
+    # An etcd member talks to the other members and to the Patroni members.
+    assert {"db1", "db2"} <= set(p["fe1"].peers)
+
+
+def test_synchronous_mode_in_large_example() -> None:
     p = plan(load(EXAMPLES / "large.toml"))
     db1 = p["db1"].postgres
-    assert db1 is not None
-    assert db1.synchronous_standbys == ["db2", "db3"]
+    assert db1 is not None and db1.patroni is not None
+    assert db1.patroni.synchronous, "[postgres] synchronous = true is Patroni's synchronous mode"
+    assert db1.synchronous_standbys == [], "Patroni names the synchronous standby itself"
+    manual_db1 = plan(parse(manual("large")))["db1"].postgres
+    assert manual_db1 is not None and manual_db1.synchronous_standbys == ["db2", "db3"]
     assert p["edge4"].system == "aarch64-linux"
     assert p["edge1"].system == "x86_64-linux"
 
@@ -106,7 +135,11 @@ def test_secrets_per_role() -> None:
     assert p["db1"].secrets == {
         "db_password": "/var/lib/lemmy-cluster/secrets/lemmy-db-password",
         "replication_password": "/var/lib/lemmy-cluster/secrets/replication-password",
+        "postgres_superuser_password": "/var/lib/lemmy-cluster/secrets/postgres-superuser-password",
+        "rewind_password": "/var/lib/lemmy-cluster/secrets/postgres-rewind-password",
+        "patroni_api_password": "/var/lib/lemmy-cluster/secrets/patroni-api-password",
     }
+    assert set(plan(parse(manual("small")))["db1"].secrets) == {"db_password", "replication_password"}
 
 
 def test_public_ports() -> None:
@@ -125,9 +158,11 @@ def test_public_ports() -> None:
 
 def test_peers_are_the_machines_a_host_talks_to() -> None:
     p = small()
-    assert p["fe1"].peers == {"fe2": "10.0.0.11", "app1": "10.0.0.20"}
+    # fe1 is the third etcd member: it talks to the Patroni members too.
+    assert p["fe1"].peers == {"fe2": "10.0.0.11", "app1": "10.0.0.20", "db1": "10.0.0.30", "db2": "10.0.0.31"}
     assert p["app1"].peers == {"fe1": "10.0.0.10", "fe2": "10.0.0.11", "db1": "10.0.0.30", "db2": "10.0.0.31"}
-    assert p["db2"].peers == {"app1": "10.0.0.20", "db1": "10.0.0.30"}
+    assert p["db2"].peers == {"fe1": "10.0.0.10", "app1": "10.0.0.20", "db1": "10.0.0.30"}
+    assert plan(parse(manual("small")))["fe1"].peers == {"fe2": "10.0.0.11", "app1": "10.0.0.20"}
 
 
 def test_ui_backups_form_a_ring() -> None:
@@ -188,7 +223,14 @@ def test_shared_pictrs() -> None:
     assert api1 is not None and media1 is not None and db1 is not None
     assert api1.pictrs_url == "http://127.0.0.1:8079/", "several pict-rs: the backend's own balancer"
     assert api1.pictrs_upstreams == ["10.1.0.31:8080", "10.1.0.32:8080"]
-    assert (media1.store, media1.repo_host) == ("object_storage", "10.1.0.41")
+    # Under Patroni pict-rs reaches the leader through its local HAProxy, which checks every member.
+    assert (media1.store, media1.repo_host) == ("object_storage", "127.0.0.1")
+    assert p["media1"].pg_proxy is not None
+    assert p["media1"].pg_proxy.servers == {"db1": "10.1.0.41", "db2": "10.1.0.42", "db3": "10.1.0.43"}
+    assert db1.patroni is not None and db1.patroni.api_clients == ["10.1.0.31", "10.1.0.32"]
+    assert {"db1", "db2", "db3"} <= set(p["media1"].peers)
+    manual_media1 = plan(parse(manual("large")))["media1"].pictrs
+    assert manual_media1 is not None and manual_media1.repo_host == "10.1.0.41", "manual: the primary itself"
     assert db1.pictrs_clients == ["10.1.0.31", "10.1.0.32"]
     assert set(p["media1"].secrets) == {"pictrs_api_key", "pictrs_db_password", "s3_access_key", "s3_secret_key"}
     assert "pictrs_db_password" in p["db2"].secrets, "every database machine may become the primary"

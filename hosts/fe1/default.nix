@@ -17,6 +17,8 @@
       peers = {
         fe2 = "10.0.0.11";
         app1 = "10.0.0.20";
+        db1 = "10.0.0.30";
+        db2 = "10.0.0.31";
       };
       publicPorts = [
         80
@@ -30,6 +32,20 @@
         uiPeers = [ "10.0.0.11:1234" ];
         acmePeers = [ "10.0.0.11:80" ];
         uiClients = [ "10.0.0.11" ];
+      };
+      etcd = {
+        enable = true;
+        name = "fe1";
+        address = "10.0.0.10";
+        members = {
+          fe1 = "10.0.0.10";
+          db1 = "10.0.0.30";
+          db2 = "10.0.0.31";
+        };
+        clientPort = 2379;
+        peerPort = 2380;
+        clients = [ ];
+        clusterToken = "small";
       };
     };
   };

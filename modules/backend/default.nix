@@ -49,13 +49,9 @@ let
   templateFile = pkgs.writeText "lemmy-config-template.json" (builtins.toJSON template);
 
   dbHosts = lib.concatMapStringsSep "," (h: hostPort h cfg.database.port) cfg.database.hosts;
-  # With several PostgreSQL hosts the driver tries them in order and keeps the one that accepts
-  # writes, so the backend follows a promoted replica without a redeploy.
-  # A dead host (a crashed primary drops packets) must not hang a new connection for minutes.
-  dbParams = lib.concatStringsSep "&" (
-    [ "connect_timeout=${toString cfg.database.connectTimeout}" ]
-    ++ lib.optional (lib.length cfg.database.hosts > 1) "target_session_attrs=read-write"
-  );
+  # connect_timeout, keepalives and (with several hosts) target_session_attrs=read-write.
+  database = import ./database-params.nix cfg.database;
+  dbParams = lib.concatStringsSep "&" database.params;
 
   sending = cfg.federation.sending;
 
@@ -225,8 +221,8 @@ in
       };
       connectTimeout = mkOption {
         type = types.ints.positive;
-        default = 10;
-        description = "Seconds to wait for a PostgreSQL host before trying the next one.";
+        default = 3;
+        description = "Seconds to wait for a PostgreSQL host before trying the next one (libpq's minimum is 2).";
       };
       poolSize = mkOption {
         type = types.ints.between 2 1000;
@@ -433,6 +429,10 @@ in
         message = "services.lemmy-cluster.backend and nixpkgs' services.lemmy both run lemmy_server; disable services.lemmy on this machine.";
       }
     ];
+
+    # A database statement in flight when its server vanished fails after some 25 s instead of
+    # some 15 minutes (see database-params.nix).
+    boot.kernel.sysctl."net.ipv4.tcp_retries2" = lib.mkDefault database.tcpRetries2;
 
     systemd.services = {
       lemmy = lemmyUnit {

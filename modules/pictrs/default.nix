@@ -174,7 +174,12 @@ in
     };
 
     systemd.services.pict-rs = {
-      after = [ "network-online.target" ] ++ lib.optional (cfg.s3Upstreams != [ ]) "nginx.service";
+      after = [
+        "network-online.target"
+      ]
+      ++ lib.optional (cfg.s3Upstreams != [ ]) "nginx.service"
+      # The repository through the local proxy to the PostgreSQL leader (pgProxy).
+      ++ lib.optional config.services.lemmy-cluster.pgProxy.enable "haproxy.service";
       wants = [ "network-online.target" ];
       path = lib.optional shared pkgs.jq;
       environment = lib.mkIf shared {

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from synth.commands.common import CLUSTER_OPTION, OUT_OPTION, edit_cluster, user_errors
+
+if TYPE_CHECKING:
+    from synth.model import Cluster
 
 
 @click.command("add-machine")
@@ -39,6 +43,7 @@ def add_machine(
     existing key of that name is kept) and its id in the cluster file.
     """
     from synth.edit import add_machine as edit
+    from synth.edit import keep_etcd_members
     from synth.errors import SynthError
 
     file = str(cluster_file)
@@ -61,12 +66,21 @@ def add_machine(
             file, f"machines.{name}", "--capacity and --zone are only for machines with --role storage"
         )
 
-    edit_cluster(
-        cluster_file,
-        lambda text, _c: edit(text, file, name, roles, address, private_address, system, storage),
-        out_dir,
-        before_write,
-    )
+    pinned: list[str] = []
+
+    def change(text: str, current: Cluster) -> str:
+        new_text, kept = keep_etcd_members(
+            edit(text, file, name, roles, address, private_address, system, storage), file, current
+        )
+        pinned[:] = kept
+        return new_text
+
+    edit_cluster(cluster_file, change, out_dir, before_write)
+    if pinned:
+        click.echo(
+            f"etcd: its members stay {', '.join(pinned)} (now recorded as [etcd] members): a new postgres machine "
+            "would otherwise take the place of a member, and etcd changes members only one at a time"
+        )
     if storage is not None:
         click.echo(key_note)
         click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its secrets.")

@@ -149,7 +149,10 @@ def deploy(
     commands = {n: d.host_commands(n, c.machines[n].ssh_user, c.machines[n].address, settings) for n in names}
     batches = order_batches(c, names)
     if dry_run:
-        roles_of = {n: list(c.machines[n].roles) for n in names}
+        from synth.model import etcd_members
+
+        members = etcd_members(c)
+        roles_of = {n: [*c.machines[n].roles, *(["etcd"] if n in members else [])] for n in names}
         for line in d.dry_run_lines(batches, commands, roles_of, check_timeout):
             click.echo(line)
         return

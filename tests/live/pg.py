@@ -1,8 +1,10 @@
 """Real PostgreSQL servers in network namespaces, configured the way modules/postgres/default.nix would.
 
 The chain is the same as on NixOS: a cluster TOML → synth's plan → the host's module options
-(``synth.render.host_data``) → the settings, pg_hba.conf and scripts that the postgres role module
-derives from those options. Only what systemd and the Nix store provide differently is replaced:
+(``synth.render.host_data``) → the settings and pg_hba lines that the postgres role module
+derives from those options, computed by the module's own pure Nix files
+(modules/postgres/streaming-settings.nix, hba.nix, setup-args.nix, evaluated with nix-instantiate:
+tests/live/nixeval.py), and its scripts. Only what systemd and the Nix store provide differently is replaced:
 the config files live in a per-host folder instead of the store, the socket and the replication
 password file live in a per-host ``run`` folder instead of /run, and servers are started as the
 postgres OS user inside the host's namespace instead of by postgresql.service.
@@ -35,6 +37,7 @@ from typing import Any
 from synth.model import Cluster, from_data
 from synth.render import host_data
 from synth.topology import REPLICATION_USER, plan
+from tests.live import nixeval
 from tests.live.netns import Host, Network
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,63 +80,31 @@ def module_options(c: Cluster, machine: str) -> dict[str, Any]:
     data = host_data(c, h)
     lc = data["services"]["lemmy-cluster"]
     opts: dict[str, Any] = dict(lc["postgres"])
-    # The module's option defaults.
-    opts.setdefault("listenAddress", lc["privateAddress"])
-    opts.setdefault("port", 5432)
-    opts.setdefault("maxSlotWalKeepSize", "16GB")
     return opts
 
 
-def _cidr(addr: str) -> str:
-    return f"{addr}/128" if ":" in addr else f"{addr}/32"
+# nixpkgs' services.postgresql: the default of `authentication`, after the module's lines.
+NIXPKGS_HBA_DEFAULTS = [
+    "# default value of services.postgresql.authentication",
+    "local all postgres         peer map=postgres",
+    "local all all              peer",
+    "host  all all 127.0.0.1/32 md5",
+    "host  all all ::1/128      md5",
+]
 
 
 def hba_conf(opts: Mapping[str, Any]) -> str:
-    """pg_hba.conf: the module's `authentication` lines, then nixpkgs' defaults (first match wins)."""
-    lines = ["# Generated file; do not edit!"]
-    lines += [f"host {opts['database']} {opts['user']} {_cidr(a)} scram-sha-256" for a in opts["allowedClients"]]
-    pictrs = opts.get("pictrsDatabase", {})
-    if pictrs.get("enable"):
-        lines += [f"host {pictrs['name']} {pictrs['user']} {_cidr(a)} scram-sha-256" for a in pictrs["allowedClients"]]
-    repl, peers = opts["replicationUser"], opts["replicationPeers"]
-    lines += [f"host replication {repl} {_cidr(a)} scram-sha-256" for a in peers]
-    # Fencing: peers ask each other "are you in recovery?" (check-no-other-primary.sh).
-    lines += [f"host postgres {repl} {_cidr(a)} scram-sha-256" for a in peers]
-    lines += [
-        "# default value of services.postgresql.authentication",
-        "local all postgres         peer map=postgres",
-        "local all all              peer",
-        "host  all all 127.0.0.1/32 md5",
-        "host  all all ::1/128      md5",
-    ]
-    return "\n".join(lines) + "\n"
+    """pg_hba.conf: the module's lines (modules/postgres/hba.nix), then nixpkgs' defaults (first match wins)."""
+    lines: list[str] = nixeval.evaluate(nixeval.MODULES / "postgres" / "hba.nix", dict(opts))
+    return "\n".join(["# Generated file; do not edit!", *lines, *NIXPKGS_HBA_DEFAULTS]) + "\n"
 
 
 def module_settings(opts: Mapping[str, Any], passfile: str) -> dict[str, str | int | bool]:
-    """services.postgresql.settings as modules/postgres/default.nix sets them (PASSFILE: its /run file)."""
-    s: dict[str, str | int | bool] = {
-        "port": opts["port"],
-        "listen_addresses": f"{opts['listenAddress']},localhost",
-        "password_encryption": "scram-sha-256",
-        "max_connections": opts["maxConnections"],
-        "wal_level": "replica",
-        "max_wal_senders": 10,
-        "max_replication_slots": 10,
-        "max_slot_wal_keep_size": opts["maxSlotWalKeepSize"],
-        "hot_standby": True,
-        "hot_standby_feedback": True,
-        "wal_log_hints": True,
-    }
-    if opts["role"] != "primary":
-        s["primary_conninfo"] = (
-            f"host={opts['primaryAddress']} port={opts['port']} user={opts['replicationUser']} "
-            f"passfile={passfile} application_name={opts['slotName']}"
-        )
-        s["primary_slot_name"] = opts["slotName"]
-    if opts["role"] == "primary" and opts["synchronousStandbys"]:
-        s["synchronous_standby_names"] = f"ANY 1 ({', '.join(opts['synchronousStandbys'])})"
-        s["synchronous_commit"] = "on"
-    return s
+    """services.postgresql.settings of modules/postgres/streaming.nix (PASSFILE: its /run file)."""
+    settings: dict[str, str | int | bool] = nixeval.evaluate(
+        nixeval.MODULES / "postgres" / "streaming-settings.nix", {"cfg": dict(opts), "passfile": passfile}
+    )
+    return settings
 
 
 def _to_str(value: str | int | bool) -> str:
@@ -439,6 +410,18 @@ class PgLab:
         self.db_password_file = self._secret("lemmy-db-password", self.db_password)
         self.replication_password_file = self._secret("replication-password", self.replication_password)
         self.pictrs_password_file = self._secret("pictrs-db-password", random_password())
+        # The same values under the names of the setup unit's credentials (LoadCredential).
+        self.credentials = workdir / "credentials"
+        self.credentials.mkdir(mode=0o700, exist_ok=True)
+        chown_pg(self.credentials)
+        for name, source in (
+            ("db-password", self.db_password_file),
+            ("replication-password", self.replication_password_file),
+            ("pictrs-db-password", self.pictrs_password_file),
+        ):
+            target = self.credentials / name
+            shutil.copy(source, target)
+            chown_pg(target)
         self.client_dir = workdir / "client"
         self.client_dir.mkdir(mode=0o700, exist_ok=True)
         chown_pg(self.client_dir)
@@ -513,27 +496,19 @@ class PgLab:
         self.setup(srv, opts)
 
     def setup(self, srv: PgServer, opts: Mapping[str, Any]) -> None:
-        """lemmy-cluster-pg-setup: passwords from the secret files through psql's stdin, and the slots."""
-        slot_sql = "".join(
-            f"SELECT pg_create_physical_replication_slot('{s}')\n"
-            f"  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{s}');\n"
-            for s in opts["replicationSlots"]
+        """lemmy-cluster-pg-setup: scripts/setup-roles.sh with the module's arguments
+        (modules/postgres/setup-args.nix), the credentials being this lab's secret files."""
+        args: list[str] = nixeval.evaluate(
+            nixeval.MODULES / "postgres" / "setup-args.nix", {"cfg": dict(opts), "credentials": str(self.credentials)}
         )
-        script = (
-            "SET log_statement = 'none';\n"
-            f'\\set lemmy_pw `cat "{self.db_password_file}"`\n'
-            f'\\set repl_pw `cat "{self.replication_password_file}"`\n'
-            f"ALTER ROLE \"{opts['user']}\" WITH LOGIN PASSWORD :'lemmy_pw';\n"
-            f"ALTER ROLE \"{opts['replicationUser']}\" WITH LOGIN REPLICATION PASSWORD :'repl_pw';\n"
+        r = srv.host.run(
+            as_pg(["bash", str(SCRIPTS / "setup-roles.sh"), *args]),
+            check=False,
+            timeout=60,
+            env={"PATH": f"{PG_BIN}:{SYS_PATH}", "LANG": "C.UTF-8", "PGHOST": str(srv.run_dir), "PGPORT": "5432"},
         )
-        pictrs = opts.get("pictrsDatabase", {})
-        if pictrs.get("enable"):
-            script += (
-                f'\\set pictrs_pw `cat "{self.pictrs_password_file}"`\n'
-                f"ALTER ROLE \"{pictrs['user']}\" WITH LOGIN PASSWORD :'pictrs_pw';\n"
-            )
-        script += slot_sql
-        srv.psql_run("", stdin=script, env=LOCAL_COMMIT)
+        if r.returncode != 0:
+            raise RuntimeError(f"{srv.name}: setup-roles.sh failed ({r.returncode}): {r.stdout}{r.stderr}")
         if opts["role"] == "primary":
             # The configuration says primary: promote.sh's marker has done its job.
             (srv.data / "lemmy-cluster-promoted").unlink(missing_ok=True)

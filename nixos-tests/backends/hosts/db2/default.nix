@@ -22,6 +22,8 @@
       postgres = {
         enable = true;
         majorVersion = 17;
+        listenAddress = "192.168.1.5";
+        port = 5432;
         role = "replica";
         primaryAddress = "192.168.1.4";
         slotName = "db2";
@@ -33,6 +35,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [
           "192.168.1.1"
           "192.168.1.2"

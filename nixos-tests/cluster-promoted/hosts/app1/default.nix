@@ -31,6 +31,7 @@
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
+          connectTimeout = 3;
           poolSize = 30;
         };
         pictrsUrl = "http://192.168.1.1:8080/";

@@ -21,6 +21,8 @@
       postgres = {
         enable = true;
         majorVersion = 17;
+        listenAddress = "192.168.1.4";
+        port = 5432;
         role = "primary";
         primaryAddress = "192.168.1.4";
         slotName = "db2";
@@ -32,6 +34,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [ "192.168.1.1" ];
         replicationPeers = [ "192.168.1.3" ];
       };

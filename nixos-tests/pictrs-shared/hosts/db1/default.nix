@@ -22,6 +22,8 @@
       postgres = {
         enable = true;
         majorVersion = 17;
+        listenAddress = "192.168.1.3";
+        port = 5432;
         role = "primary";
         primaryAddress = "192.168.1.3";
         slotName = "db1";
@@ -33,6 +35,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [ "192.168.1.1" ];
         replicationPeers = [ ];
         pictrsDatabase = {

@@ -32,6 +32,7 @@
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
+          connectTimeout = 3;
           poolSize = 30;
         };
         pictrsUrl = "http://192.168.1.2:8080/";
@@ -58,6 +59,8 @@
       postgres = {
         enable = true;
         majorVersion = 17;
+        listenAddress = "192.168.1.2";
+        port = 5432;
         role = "primary";
         primaryAddress = "192.168.1.2";
         slotName = "lemmy1";
@@ -69,6 +72,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [ "192.168.1.2" ];
         replicationPeers = [ ];
       };

@@ -37,6 +37,7 @@
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
+          connectTimeout = 3;
           poolSize = 60;
         };
         pictrsUrl = "http://127.0.0.1:8079/";

@@ -25,23 +25,15 @@
       postgres = {
         enable = true;
         majorVersion = 17;
-        role = "replica";
-        primaryAddress = "10.1.0.41";
-        slotName = "db2";
-        replicationSlots = [
-          "db1"
-          "db3"
-        ];
-        synchronousStandbys = [
-          "db2"
-          "db3"
-        ];
+        listenAddress = "10.1.0.42";
+        port = 5432;
         database = "lemmy";
         user = "lemmy";
         passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 300;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [
           "10.1.0.21"
           "10.1.0.22"
@@ -60,6 +52,41 @@
             "10.1.0.32"
           ];
         };
+        patroni = {
+          enable = true;
+          bootstrap = false;
+          synchronous = true;
+          etcdHosts = [
+            "10.1.0.41:2379"
+            "10.1.0.42:2379"
+            "10.1.0.43:2379"
+          ];
+          restApiPort = 8008;
+          restApiClients = [
+            "10.1.0.31"
+            "10.1.0.32"
+          ];
+          superuser = "postgres";
+          rewindUser = "rewind";
+          restApiUser = "patroni";
+          superuserPasswordFile = "/var/lib/lemmy-cluster/secrets/postgres-superuser-password";
+          rewindPasswordFile = "/var/lib/lemmy-cluster/secrets/postgres-rewind-password";
+          restApiPasswordFile = "/var/lib/lemmy-cluster/secrets/patroni-api-password";
+        };
+      };
+      etcd = {
+        enable = true;
+        name = "db2";
+        address = "10.1.0.42";
+        members = {
+          db1 = "10.1.0.41";
+          db2 = "10.1.0.42";
+          db3 = "10.1.0.43";
+        };
+        clientPort = 2379;
+        peerPort = 2380;
+        clients = [ ];
+        clusterToken = "large";
       };
     };
   };

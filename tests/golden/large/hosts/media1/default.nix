@@ -18,6 +18,8 @@
         api1 = "10.1.0.21";
         api2 = "10.1.0.22";
         db1 = "10.1.0.41";
+        db2 = "10.1.0.42";
+        db3 = "10.1.0.43";
       };
       pictrs = {
         enable = true;
@@ -28,7 +30,8 @@
         ];
         store = "object_storage";
         repo = {
-          host = "10.1.0.41";
+          host = "127.0.0.1";
+          port = 5433;
           name = "pictrs";
           user = "pictrs";
           passwordFile = "/var/lib/lemmy-cluster/secrets/pictrs-db-password";
@@ -41,6 +44,28 @@
           accessKeyFile = "/var/lib/lemmy-cluster/secrets/s3-access-key";
           secretKeyFile = "/var/lib/lemmy-cluster/secrets/s3-secret-key";
         };
+      };
+      pgProxy = {
+        enable = true;
+        listenAddress = "127.0.0.1";
+        port = 5433;
+        maxConnections = 100;
+        postgresPort = 5432;
+        checkPort = 8008;
+        servers = [
+          {
+            name = "db1";
+            address = "10.1.0.41";
+          }
+          {
+            name = "db2";
+            address = "10.1.0.42";
+          }
+          {
+            name = "db3";
+            address = "10.1.0.43";
+          }
+        ];
       };
     };
   };

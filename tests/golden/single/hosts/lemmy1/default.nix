@@ -36,6 +36,7 @@
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
+          connectTimeout = 3;
           poolSize = 30;
         };
         pictrsUrl = "http://203.0.113.10:8080/";
@@ -62,6 +63,8 @@
       postgres = {
         enable = true;
         majorVersion = 17;
+        listenAddress = "203.0.113.10";
+        port = 5432;
         role = "primary";
         primaryAddress = "203.0.113.10";
         slotName = "lemmy1";
@@ -73,6 +76,7 @@
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [ "203.0.113.10" ];
         replicationPeers = [ ];
       };

@@ -15,25 +15,56 @@
       domain = "lemmy.example.org";
       privateAddress = "10.0.0.30";
       peers = {
+        fe1 = "10.0.0.10";
         app1 = "10.0.0.20";
         db2 = "10.0.0.31";
       };
       postgres = {
         enable = true;
         majorVersion = 17;
-        role = "primary";
-        primaryAddress = "10.0.0.30";
-        slotName = "db1";
-        replicationSlots = [ "db2" ];
-        synchronousStandbys = [ ];
+        listenAddress = "10.0.0.30";
+        port = 5432;
         database = "lemmy";
         user = "lemmy";
         passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [ "10.0.0.20" ];
         replicationPeers = [ "10.0.0.31" ];
+        patroni = {
+          enable = true;
+          bootstrap = true;
+          synchronous = false;
+          etcdHosts = [
+            "10.0.0.30:2379"
+            "10.0.0.31:2379"
+            "10.0.0.10:2379"
+          ];
+          restApiPort = 8008;
+          restApiClients = [ ];
+          superuser = "postgres";
+          rewindUser = "rewind";
+          restApiUser = "patroni";
+          superuserPasswordFile = "/var/lib/lemmy-cluster/secrets/postgres-superuser-password";
+          rewindPasswordFile = "/var/lib/lemmy-cluster/secrets/postgres-rewind-password";
+          restApiPasswordFile = "/var/lib/lemmy-cluster/secrets/patroni-api-password";
+        };
+      };
+      etcd = {
+        enable = true;
+        name = "db1";
+        address = "10.0.0.30";
+        members = {
+          fe1 = "10.0.0.10";
+          db1 = "10.0.0.30";
+          db2 = "10.0.0.31";
+        };
+        clientPort = 2379;
+        peerPort = 2380;
+        clients = [ ];
+        clusterToken = "small";
       };
     };
   };

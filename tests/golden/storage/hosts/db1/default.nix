@@ -22,17 +22,15 @@
       postgres = {
         enable = true;
         majorVersion = 17;
-        role = "primary";
-        primaryAddress = "10.2.0.31";
-        slotName = "db1";
-        replicationSlots = [ "db2" ];
-        synchronousStandbys = [ ];
+        listenAddress = "10.2.0.31";
+        port = 5432;
         database = "lemmy";
         user = "lemmy";
         passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
         replicationUser = "replicator";
         replicationPasswordFile = "/var/lib/lemmy-cluster/secrets/replication-password";
         maxConnections = 200;
+        maxSlotWalKeepSize = "16GB";
         allowedClients = [
           "10.2.0.11"
           "10.2.0.12"
@@ -48,6 +46,41 @@
             "10.2.0.12"
           ];
         };
+        patroni = {
+          enable = true;
+          bootstrap = true;
+          synchronous = false;
+          etcdHosts = [
+            "10.2.0.31:2379"
+            "10.2.0.32:2379"
+            "10.2.0.11:2379"
+          ];
+          restApiPort = 8008;
+          restApiClients = [
+            "10.2.0.11"
+            "10.2.0.12"
+          ];
+          superuser = "postgres";
+          rewindUser = "rewind";
+          restApiUser = "patroni";
+          superuserPasswordFile = "/var/lib/lemmy-cluster/secrets/postgres-superuser-password";
+          rewindPasswordFile = "/var/lib/lemmy-cluster/secrets/postgres-rewind-password";
+          restApiPasswordFile = "/var/lib/lemmy-cluster/secrets/patroni-api-password";
+        };
+      };
+      etcd = {
+        enable = true;
+        name = "db1";
+        address = "10.2.0.31";
+        members = {
+          web1 = "10.2.0.11";
+          db1 = "10.2.0.31";
+          db2 = "10.2.0.32";
+        };
+        clientPort = 2379;
+        peerPort = 2380;
+        clients = [ ];
+        clusterToken = "storage";
       };
     };
   };

@@ -49,6 +49,7 @@
           name = "lemmy";
           user = "lemmy";
           passwordFile = "/var/lib/lemmy-cluster/secrets/lemmy-db-password";
+          connectTimeout = 3;
           poolSize = 30;
         };
         pictrsUrl = "http://127.0.0.1:8079/";
@@ -77,7 +78,8 @@
         allowedClients = [ "10.2.0.11" ];
         store = "object_storage";
         repo = {
-          host = "10.2.0.31";
+          host = "127.0.0.1";
+          port = 5433;
           name = "pictrs";
           user = "pictrs";
           passwordFile = "/var/lib/lemmy-cluster/secrets/pictrs-db-password";
@@ -94,6 +96,24 @@
           "10.2.0.21:3900"
           "10.2.0.22:3900"
           "10.2.0.23:3900"
+        ];
+      };
+      pgProxy = {
+        enable = true;
+        listenAddress = "127.0.0.1";
+        port = 5433;
+        maxConnections = 100;
+        postgresPort = 5432;
+        checkPort = 8008;
+        servers = [
+          {
+            name = "db1";
+            address = "10.2.0.31";
+          }
+          {
+            name = "db2";
+            address = "10.2.0.32";
+          }
         ];
       };
     };
