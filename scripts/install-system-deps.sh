@@ -43,8 +43,14 @@ patroni_venv() {
     echo "install-system-deps: installing Patroni $PATRONI_VERSION in $PATRONI_VENV"
     install -d -m 0755 "$(dirname "$PATRONI_VENV")"
     /usr/bin/python3 -m venv "$PATRONI_VENV"
-    "$PATRONI_VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "patroni[etcd3]==$PATRONI_VERSION" "psycopg[binary]==3.3.9" >/dev/null 2>&1
+    log=$(mktemp)
+    if ! "$PATRONI_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "patroni[etcd3]==$PATRONI_VERSION" "psycopg[binary]==3.3.9" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -rf "$PATRONI_VENV" "$log"
+        return 1
+    fi
+    rm -f "$log"
     chmod -R a+rX "$PATRONI_VENV"
 }
 # `make bench` measures requests per second with wrk (a Python load generator stands in without it).
