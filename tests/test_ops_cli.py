@@ -153,7 +153,6 @@ def test_plan_no_changes(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("machine", "expected"),
     [
-        ("db1", "postgres.primary: db1 is already the primary; nothing to do"),
         ("fe1", "machines.fe1: fe1 has no postgres role: only a replica can be promoted"),
         ("db7", "machines.db7: no machine named 'db7'"),
     ],
@@ -166,9 +165,28 @@ def test_promote_refusals(workdir: Path, machine: str, expected: str) -> None:
     assert snapshot(workdir) == before
 
 
+def test_promote_the_primary_with_manual_failover_is_nothing_to_do(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    toml.write_text(toml.read_text().replace("[postgres]\n", '[postgres]\nfailover = "manual"\n', 1))
+    assert run("generate", str(toml))[0] == 0
+    before = snapshot(workdir)
+    code, out, err = run("promote", "db1", "--cluster", str(toml))
+    assert (code, err) == (0, "")
+    assert "db1 is already the primary; nothing to do." in out
+    assert snapshot(workdir) == before
+
+
 def test_promote_refuses_an_unreachable_replica(workdir: Path) -> None:
     toml = workdir / "cluster.toml"
     toml.write_text(toml.read_text().replace('address = "10.0.0.31"', 'address = "192.0.2.31"'))  # TEST-NET: nobody
+    before = snapshot(workdir)
+    # Under Patroni: the switchover command on db2 cannot even be reached.
+    code, _, err = run("promote", "db2", "--cluster", str(toml), "-o", "ConnectTimeout=1")
+    assert code == 1
+    assert "the switchover to db2 did not happen" in err and "nothing was changed" in err, err
+    assert snapshot(workdir) == before
+    # With manual failover: its state cannot be checked.
+    toml.write_text(toml.read_text().replace("[postgres]\n", '[postgres]\nfailover = "manual"\n', 1))
     before = snapshot(workdir)
     code, _, err = run("promote", "db2", "--cluster", str(toml), "-o", "ConnectTimeout=1")
     assert code == 1

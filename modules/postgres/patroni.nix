@@ -200,6 +200,33 @@ in
     };
 
     environment.systemPackages = [
+      # `synth promote MACHINE` runs `lemmy-cluster-pg-switchover MACHINE` on MACHINE (as root,
+      # who may read the REST API's password file).
+      (pkgs.writeShellScriptBin "lemmy-cluster-pg-switchover" ''
+        set -euo pipefail
+        if [ $# -ne 1 ]; then
+          echo "usage: lemmy-cluster-pg-switchover CANDIDATE   (the member that is to lead)" >&2
+          exit 2
+        fi
+        export PATH=${
+          lib.makeBinPath [
+            pkgs.curl
+            pkgs.jq
+            pkgs.coreutils
+            pkgs.gawk
+          ]
+        }:$PATH
+        exec ${pkgs.bash}/bin/bash ${scripts}/switchover.sh ${
+          lib.escapeShellArgs [
+            "--api"
+            api
+            "--user"
+            p.restApiUser
+            "--password-file"
+            p.restApiPasswordFile
+          ]
+        } --candidate "$1"
+      '')
       (pkgs.writeShellScriptBin "lemmy-cluster-pg-reinit" ''
         set -euo pipefail
         export PATH=${

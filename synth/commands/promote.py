@@ -1,7 +1,14 @@
-"""`synth promote MACHINE`: make a PostgreSQL replica the primary, then the cluster file follow.
+"""`synth promote MACHINE`: make MACHINE the PostgreSQL machine that takes the writes.
 
-1. refuse a machine that is not a postgres machine, is already the primary, or is not a healthy
-   replica (PostgreSQL answers and is in recovery) — nothing is changed then;
+Under Patroni (automatic failover): a planned switchover. On MACHINE over SSH,
+`lemmy-cluster-pg-switchover MACHINE` (modules/postgres/scripts/switchover.sh) asks Patroni to move
+the leadership there; it refuses a member that does not stream from the leader and does nothing
+when MACHINE leads already. The clients follow by themselves and the cluster file does not change
+(`[postgres] primary` only says which member created the cluster).
+
+With manual failover:
+1. refuse a machine that is not a postgres machine or is not a healthy replica (PostgreSQL answers
+   and is in recovery) — nothing is changed then; the current primary: nothing to do;
 2. run the promote tool on it over SSH (the NixOS module installs `lemmy-cluster-pg-promote`,
    which wraps modules/postgres/scripts/promote.sh);
 3. set `[postgres] primary` in the cluster file (comments kept) and regenerate hosts/;
@@ -19,6 +26,7 @@ from synth.commands.common import edit_cluster, load_cluster, make_ssh_options, 
 
 RECOVERY_CHECK = "runuser -u postgres -- psql -XAtc 'SELECT pg_is_in_recovery()'"
 PROMOTE = "lemmy-cluster-pg-promote"
+SWITCHOVER = "lemmy-cluster-pg-switchover {candidate}"
 
 
 @click.command("promote")
@@ -36,6 +44,12 @@ PROMOTE = "lemmy-cluster-pg-promote"
     "--check-command", default=RECOVERY_CHECK, show_default=True, help="Remote command printing t on a standby."
 )
 @click.option("--promote-command", default=PROMOTE, show_default=True, help="Remote command that promotes the standby.")
+@click.option(
+    "--switchover-command",
+    default=SWITCHOVER,
+    show_default=True,
+    help="Under Patroni: remote command that moves the leadership ({candidate}: MACHINE, shell-quoted).",
+)
 @ssh_options
 @user_errors
 def promote(
@@ -44,12 +58,21 @@ def promote(
     out_dir: Path | None,
     check_command: str,
     promote_command: str,
+    switchover_command: str,
     ssh_option: tuple[str, ...],
     identity: Path | None,
 ) -> None:
-    """Promote the PostgreSQL replica MACHINE to primary and make the cluster file follow."""
+    """Make the PostgreSQL machine MACHINE the one that takes the writes.
+
+    Under Patroni (automatic failover) a planned switchover to MACHINE, a healthy replica; the
+    clients follow by themselves. With manual failover: promote the replica MACHINE to primary and
+    make the cluster file follow.
+    """
+    import shlex
+
     from synth.edit import set_primary
     from synth.errors import SynthError
+    from synth.model import automatic_failover
     from synth.order import batches
     from synth.remote import ssh_argv
 
@@ -61,8 +84,6 @@ def promote(
         raise SynthError.single(
             file, f"machines.{machine}", f"{machine} has no postgres role: only a replica can be promoted"
         )
-    if machine == c.postgres.primary:
-        raise SynthError.single(file, "postgres.primary", f"{machine} is already the primary; nothing to do")
     opts = make_ssh_options(cluster_file, ssh_option, identity)
     m = c.machines[machine]
 
@@ -70,6 +91,26 @@ def promote(
         return subprocess.run(
             ssh_argv(m.ssh_user, m.address, command, opts), capture_output=True, text=True, check=False
         )
+
+    if automatic_failover(c):
+        done = remote(switchover_command.replace("{candidate}", shlex.quote(machine)))
+        for line in (done.stdout + done.stderr).splitlines():
+            click.echo(f"{machine}: {line}")
+        if done.returncode != 0:
+            raise SynthError.single(
+                file,
+                f"machines.{machine}",
+                f"the switchover to {machine} did not happen (exit code {done.returncode}; see above); "
+                "nothing was changed",
+            )
+        click.echo(
+            f"{machine} takes the writes. The backends and pict-rs follow the leader by themselves: nothing to "
+            f"deploy, and {file} stays as it is."
+        )
+        return
+    if machine == c.postgres.primary:
+        click.echo(f"{machine} is already the primary; nothing to do.")
+        return
 
     state = remote(check_command)
     seen = (state.stdout.strip() or state.stderr.strip() or f"exit code {state.returncode}").splitlines()[-1]

@@ -485,6 +485,24 @@ class PatroniLab:
         self.write_patroni_config(machine)
         m.patroni.send_signal(signal.SIGHUP)
 
+    def switchover(self, candidate: str, via: str | None = None) -> subprocess.CompletedProcess[str]:
+        """lemmy-cluster-pg-switchover CANDIDATE on VIA (default: CANDIDATE), as the module wraps
+        scripts/switchover.sh (its REST API and password file: the lab's)."""
+        machine = via or candidate
+        pt = options(self.cluster, machine)["postgres"]["patroni"]
+        return self.member(machine).host.run(
+            [
+                "bash", str(PG_SCRIPTS / "switchover.sh"),
+                "--api", self.api_url(machine),
+                "--user", pt["restApiUser"],
+                "--password-file", str(self.secrets["patroni_api_password"]),
+                "--candidate", candidate,
+            ],
+            check=False,
+            timeout=90,
+            env={"PATH": SYS_PATH},
+        )  # fmt: skip
+
     def stop_helpers(self, machine: str) -> None:
         m = self.members[machine]
         for proc in m.helpers:

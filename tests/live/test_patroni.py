@@ -10,6 +10,7 @@ through the pict-rs machine's HAProxy. The tests share the cluster and run in fi
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -112,7 +113,8 @@ def live() -> Iterator[Live]:
             finally:
                 lab.stop_all()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.environ.get("LC_KEEP_WORKDIR"):  # keep the logs to look at a failure
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_the_designated_member_creates_the_cluster_and_the_others_clone_it(live: Live) -> None:
@@ -336,9 +338,39 @@ def test_the_leader_keeps_writing_when_etcd_loses_a_member_and_then_its_quorum(l
         logs = writers.stop()
         lab.start_etcd([members[0], members[1]], join=True)
     for kind in ("backend", "proxy"):
-        worst = max(
-            (b.at - a.at for a, b in zip(logs[kind], logs[kind][1:], strict=False) if a.at > lost_quorum), default=0
-        )
+        worst = writeload.longest_pause(logs[kind], lost_quorum)
         live.figures[f"etcd quorum lost: longest pause between writes ({kind})"] = worst
         assert worst < 5, f"{kind}: the leader stopped writing for {worst:.1f}s without etcd's quorum"
     lab.wait_etcd()
+
+
+def test_a_switchover_moves_the_leader_in_seconds(live: Live) -> None:
+    """lemmy-cluster-pg-switchover (scripts/switchover.sh), what `synth promote` runs: the chosen
+    replica leads, both clients write again within seconds, nothing acknowledged is lost."""
+    lab = live.lab
+    old = lab.wait_leader()
+    lab.wait_streaming([n for n in DBS if n != old], timeout=60)
+    candidate = next(n for n in DBS if n != old)
+    writers = live.writers()
+    writers.start()
+    try:
+        writers.wait_acks(20)
+        asked = time.time()
+        r = lab.switchover(candidate)
+        writers.wait_acks(20, timeout=30)
+    finally:
+        logs = writers.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"switchover: {candidate} leads now" in r.stdout
+    assert lab.leader() == candidate
+    for kind, db in (("backend", "lemmy"), ("proxy", "pictrs")):
+        assert writeload.first_ack_after(logs[kind], asked) is not None, f"{kind}: no write after the switchover"
+        live.figures[f"switchover: longest pause between writes ({kind})"] = writeload.longest_pause(logs[kind], asked)
+        acked = set(writeload.acknowledged(logs[kind]))
+        assert not acked - live.rows("lc_writes", db), f"{kind}: acknowledged commits lost in the switchover"
+    # The old leader follows the new one; asking for the current leader changes nothing.
+    lab.wait_streaming([old], timeout=60)
+    again = lab.switchover(candidate)
+    assert again.returncode == 0 and "leads already; nothing to do" in again.stdout
+    refused = lab.switchover("db9")
+    assert refused.returncode == 1 and "nothing was changed" in refused.stderr

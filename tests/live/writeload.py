@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import signal
 import sys
 import time
@@ -87,6 +88,15 @@ def acknowledged(attempts: list[Attempt]) -> list[int]:
 def first_ack_after(attempts: list[Attempt], t: float) -> float | None:
     """When the first write acknowledged after time T was acknowledged (None: none was)."""
     return next((a.at for a in attempts if a.ok and a.at > t), None)
+
+
+def longest_pause(attempts: list[Attempt], after: float) -> float:
+    """The longest time between two acknowledged writes, among those acknowledged after AFTER
+    (the first of them counted from the last one before AFTER)."""
+    oks = [a.at for a in attempts if a.ok]
+    before = [t for t in oks if t <= after]
+    times = ([before[-1]] if before else []) + [t for t in oks if t > after]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
