@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from synth import generate, order
+from synth.dbsteps import database_steps
 from synth.model import Cluster
 from synth.render import HEADER_MARK, render_files
 
@@ -28,6 +29,8 @@ class Plan:
     redeploy: list[str] = field(default_factory=list)
     decommission: list[str] = field(default_factory=list)
     batches: list[order.Batch] = field(default_factory=list)
+    # What a deploy does not do by itself for PostgreSQL and etcd (synth.dbsteps).
+    steps: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +38,7 @@ class Plan:
             "redeploy": self.redeploy,
             "decommission": self.decommission,
             "batches": [b.to_json() for b in self.batches],
+            "steps": self.steps,
         }
 
 
@@ -94,4 +98,12 @@ def compute(c: Cluster, source: str, out: Path, old: dict[str, str] | None = Non
     p.redeploy = [m for m in c.machines if m in touched]
     p.decommission = sorted(m for m in touched if m not in c.machines)
     p.batches = order.batches(c, p.redeploy)
+    if old is None:
+        old = {
+            f"hosts/{d.name}/default.nix": text
+            for d in sorted((out / "hosts").glob("*"))
+            if (d / "default.nix").is_file()
+            and (text := (d / "default.nix").read_text(encoding="utf-8", errors="replace")).startswith(HEADER_MARK)
+        }
+    p.steps = database_steps(c, old) if p.files else []
     return p

@@ -93,8 +93,12 @@ def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
         raise SynthError.single(file, f"machines.{name}", f"no machine named {name!r} in {file}")
     roles = cluster.machines[name].roles
     problems: list[Problem] = []
-    if name == cluster.postgres.primary:
-        replicas = [m for m in cluster.machines_with("postgres") if m != name]
+    others = [m for m in cluster.machines_with("postgres") if m != name]
+    # Under Patroni [postgres] primary only names the member the cluster was created from: it
+    # passes to the next postgres machine (the leader is whoever Patroni elected).
+    new_primary = others[0] if automatic_failover(cluster) and name == cluster.postgres.primary and others else None
+    if name == cluster.postgres.primary and new_primary is None:
+        replicas = others
         way_out = (
             f"promote a replica first (`synth promote {replicas[0]}`), then remove {name}"
             if replicas
@@ -130,7 +134,20 @@ def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
         raise SynthError(file, problems)
     doc = _doc(text, file)
     del doc["machines"][name]
-    return str(tomlkit.dumps(doc))
+    out = str(tomlkit.dumps(doc))
+    if new_primary is not None:
+        out = set_primary(out, file, new_primary)
+    recorded = cluster.etcd.members
+    if recorded is not None and name in recorded:
+        # A recorded etcd member leaves: the first machine of synth's placement order that is not a
+        # member yet takes its place (the postgres machines first, then the others in file order).
+        pgs = cluster.machines_with("postgres")
+        candidates = [m for m in pgs + [m for m in cluster.machines if m not in pgs] if m != name and m not in recorded]
+        if candidates:
+            doc = _doc(out, file)
+            doc["etcd"]["members"] = [candidates[0] if m == name else m for m in recorded]
+            out = str(tomlkit.dumps(doc))
+    return out
 
 
 def set_primary(text: str, file: str, name: str) -> str:

@@ -111,6 +111,8 @@ in
       patroni = {
         after = [ "network-online.target" ] ++ lib.optional etcdHere "etcd.service";
         wants = [ "network-online.target" ];
+        # etcdctl for patroni-prepare.sh.
+        path = [ pkgs.etcd_3_6 ];
         # The settings are read from /etc (a stable path), so that a new configuration reloads
         # Patroni (SIGHUP) rather than restarting it; a new Patroni package still restarts it.
         script = lib.mkForce ''
@@ -129,7 +131,13 @@ in
             "rewind-password:${p.rewindPasswordFile}"
             "restapi-password:${p.restApiPasswordFile}"
           ];
-          ExecStartPre = "${pkgs.bash}/bin/bash ${scripts}/patroni-prepare.sh ${dataDir}";
+          ExecStartPre = "${pkgs.bash}/bin/bash ${scripts}/patroni-prepare.sh ${
+            lib.escapeShellArgs (
+              import ./patroni-prepare-args.nix {
+                inherit cfg scope dataDir;
+              }
+            )
+          }";
           RuntimeDirectory = "postgresql";
           RuntimeDirectoryMode = "0755";
           RestartSec = "5s";

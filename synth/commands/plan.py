@@ -64,3 +64,7 @@ def plan(cluster_file: Path, out_dir: Path | None, as_json: bool, since: str | N
         click.echo(f"{lead} in this order (each batch after the previous one is healthy):")
         for i, b in enumerate(p.batches, 1):
             click.echo(f"  {i}. {b.stage}: {', '.join(b.machines)}")
+    if p.steps:
+        click.echo("The database (a deploy does not do these by itself; read them before deploying):")
+        for step in p.steps:
+            click.echo(f"  - {step}")

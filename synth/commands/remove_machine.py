@@ -17,9 +17,33 @@ from synth.commands.common import CLUSTER_OPTION, OUT_OPTION, edit_cluster, load
 def remove_machine(name: str, cluster_file: Path, out_dir: Path | None) -> None:
     """Remove machine NAME from the cluster file (refusing unsafe removals), then regenerate hosts/."""
     from synth.edit import remove_machine as edit
+    from synth.model import automatic_failover, etcd_members
 
     before = load_cluster(cluster_file)
-    edit_cluster(cluster_file, lambda text, c: edit(text, str(cluster_file), c, name), out_dir)
+    after = edit_cluster(cluster_file, lambda text, c: edit(text, str(cluster_file), c, name), out_dir)
+    if automatic_failover(before) and not automatic_failover(after):
+        left = after.machines_with("postgres")[0]
+        click.echo(
+            f"{left} is the one postgres machine left: PostgreSQL leaves Patroni (and etcd goes). First make {left} "
+            f"lead while {name} still runs (`synth promote {left}`), then deploy {left}: plain PostgreSQL takes its "
+            f"data directory over. Then switch {name} off."
+        )
+    elif automatic_failover(before) and name in before.machines_with("postgres"):
+        if after.postgres.primary != before.postgres.primary:
+            click.echo(f"[postgres] primary (the member the cluster was created from) is now {after.postgres.primary}.")
+        click.echo(
+            f"{name} runs under Patroni: if it leads, move the leadership first (`synth promote "
+            f"{after.machines_with('postgres')[0]}`); before switching it off, `systemctl stop patroni` on {name}. "
+            "Patroni drops its replication slot on the leader 30 minutes after it left."
+        )
+    if name in etcd_members(before) and automatic_failover(after):
+        joined = [m for m in etcd_members(after) if m not in etcd_members(before)]
+        click.echo(
+            f"{name} is an etcd member: "
+            + (f"{', '.join(joined)} takes its place (it joins by itself on its first start); " if joined else "")
+            + f"once the others are deployed, on a remaining member run `etcdctl member remove` with {name}'s ID "
+            "(`etcdctl member list`), then switch it off. `synth plan --since HEAD` lists these steps."
+        )
     node_id = before.machines[name].garage_node_id if name in before.machines else None
     if node_id is not None:
         click.echo(

@@ -348,7 +348,15 @@ class PatroniLab:
             assert m.patroni is None or m.patroni.poll() is not None, f"{name}: Patroni already runs"
             config = self.write_patroni_config(name)
             if m.data.exists():
-                self.pg_script(m, "patroni-prepare.sh", [str(m.data)])
+                args = nixeval.evaluate(
+                    MODULES / "postgres" / "patroni-prepare-args.nix",
+                    {
+                        "cfg": options(self.cluster, name)["postgres"],
+                        "scope": self.cluster.cluster.name,
+                        "dataDir": str(m.data),
+                    },
+                )
+                self.pg_script(m, "patroni-prepare.sh", args)
             uid, gid = _pg_ids()
             log = m.log("patroni").open("ab")
             m.patroni = m.host.popen(

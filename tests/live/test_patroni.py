@@ -109,6 +109,13 @@ def live() -> Iterator[Live]:
                 lab.wait_etcd()
                 lab.start_patroni()
                 lab.start_proxy("app1")
+                leader = lab.wait_leader()
+                for db, owner in (("lemmy", "lemmy"), ("pictrs", "pictrs")):
+                    lab.wait_units(leader)  # the databases exist
+                    lab.sql(
+                        leader, "CREATE TABLE lc_writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())", db=db
+                    )
+                    lab.sql(leader, f"ALTER TABLE lc_writes OWNER TO {owner}", db=db)
                 yield Live(lab, workdir)
             finally:
                 lab.stop_all()
@@ -194,14 +201,6 @@ def test_the_role_checks_see_the_cluster_as_it_is(live: Live) -> None:
 
 def test_both_clients_write_to_the_leader(live: Live) -> None:
     lab = live.lab
-    lab.sql(
-        "db1", "CREATE TABLE IF NOT EXISTS lc_writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())", db="lemmy"
-    )
-    lab.sql("db1", "ALTER TABLE lc_writes OWNER TO lemmy", db="lemmy")
-    lab.sql(
-        "db1", "CREATE TABLE IF NOT EXISTS lc_writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())", db="pictrs"
-    )
-    lab.sql("db1", "ALTER TABLE lc_writes OWNER TO pictrs", db="pictrs")
     writers = live.writers()
     writers.start()
     try:
@@ -324,19 +323,22 @@ def test_the_leader_keeps_writing_when_etcd_loses_a_member_and_then_its_quorum(l
     assert members == list(DBS)
     writers = live.writers()
     writers.start()
+    stopped: list[str] = []
     try:
         writers.wait_acks(20)
         lab.stop_etcd(members[0])
+        stopped.append(members[0])
         writers.wait_acks(40, timeout=30)
         lost_quorum = time.time()
         lab.stop_etcd(members[1])
+        stopped.append(members[1])
         # Longer than the leader lock's ttl: without failsafe mode the leader would demote itself.
         time.sleep(30)
         writers.wait_acks(20, timeout=10)
         assert lab.leader() == leader
     finally:
         logs = writers.stop()
-        lab.start_etcd([members[0], members[1]], join=True)
+        lab.start_etcd(stopped)
     for kind in ("backend", "proxy"):
         worst = writeload.longest_pause(logs[kind], lost_quorum)
         live.figures[f"etcd quorum lost: longest pause between writes ({kind})"] = worst
