@@ -50,11 +50,6 @@ def test_remove_machine_keeps_the_rest_of_the_file(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("machine", "expected"),
     [
-        (
-            "db1",
-            "db1 is the PostgreSQL primary: removing it would lose the database; "
-            "promote a replica first (`synth promote db2`)",
-        ),
         ("app1", "app1 is the only backend: add another machine with role 'backend'"),
         ("nope", "no machine named 'nope'"),
     ],
@@ -65,6 +60,20 @@ def test_remove_refusals_change_nothing(workdir: Path, machine: str, expected: s
     assert code == 1
     assert out == ""
     assert expected in err, err
+    assert snapshot(workdir) == before
+
+
+def test_remove_the_primary_with_manual_failover_refused(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    toml.write_text(toml.read_text().replace("[postgres]\n", '[postgres]\nfailover = "manual"\n', 1))
+    assert run("generate", str(toml))[0] == 0
+    before = snapshot(workdir)
+    code, out, err = run("remove-machine", "db1", "--cluster", str(toml))
+    assert (code, out) == (1, "")
+    assert (
+        "db1 is the PostgreSQL primary: removing it would lose the database; "
+        "promote a replica first (`synth promote db2`)"
+    ) in err
     assert snapshot(workdir) == before
 
 
