@@ -61,7 +61,9 @@ def verify(
 
     Checks run on the machine through testinfra (paramiko): frontend (nginx, lemmy-ui, the site,
     the backends), backend (port, GET /api/v3/site; 503 means migrations are running), pict-rs
-    (port, /healthz), postgres (running, listening, primary/replica as in CLUSTER, replication).
+    (port, /healthz), postgres (running, listening, primary/replica as in CLUSTER, replication;
+    under Patroni: the member's state, the leader, every replica's state, timeline and lag, the
+    synchronous standby), etcd (healthy, exactly the configured members).
     """
     from concurrent.futures import ThreadPoolExecutor
 
