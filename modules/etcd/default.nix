@@ -105,9 +105,13 @@ in
           pkgs.gawk
           pkgs.coreutils
         ];
+        # A member that cannot join yet (no quorum to add it) tries again.
+        unitConfig.StartLimitIntervalSec = 0;
         serviceConfig = {
           Type = "oneshot";
           RemainAfterExit = true;
+          Restart = "on-failure";
+          RestartSec = "10s";
           User = "etcd";
           Group = "etcd";
           RuntimeDirectory = "lemmy-cluster-etcd";
