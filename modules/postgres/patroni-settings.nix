@@ -8,7 +8,7 @@
 # watchdog) is not here; nor are the passwords, which reach Patroni as PATRONI_* environment
 # variables read from files.
 #
-#   (import ./patroni-settings.nix { inherit cfg; paths = { socketDir, baseConf }; }).settings
+#   (import ./patroni-settings.nix { inherit cfg; paths = { socketDir, baseConf, callback }; }).settings
 #
 # returns { settings; dcs; }: `dcs` is the dynamic configuration (also inside settings.bootstrap on
 # the member that may create the cluster), which lemmy-cluster-patroni-config applies to a running
@@ -16,7 +16,9 @@
 #
 # cfg: config.services.lemmy-cluster.postgres; paths.socketDir: PostgreSQL's Unix socket folder;
 # paths.baseConf: the (empty) file Patroni includes instead of renaming an existing
-# postgresql.conf to postgresql.base.conf.
+# postgresql.conf to postgresql.base.conf; paths.callback: the command Patroni runs when this
+# member starts or changes its role (scripts/patroni-callback.sh with its arguments): a new leader
+# sets up the roles and databases by itself.
 { cfg, paths }:
 let
   p = cfg.patroni;
@@ -82,6 +84,10 @@ in
         password_encryption = "scram-sha-256";
       };
       custom_conf = paths.baseConf;
+      callbacks = {
+        on_start = paths.callback;
+        on_role_change = paths.callback;
+      };
       # A new replica clones at once instead of waiting for the leader's next checkpoint.
       basebackup = [ { checkpoint = "fast"; } ];
       # A former leader that cannot be rewound, or whose timeline diverged, stays stopped with its

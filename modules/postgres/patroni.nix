@@ -11,8 +11,9 @@
 #   failsafe mode, cluster-wide parameters) to the running cluster through the REST API; Patroni
 #   itself reads it only when it creates the cluster.
 # - lemmy-cluster-patroni-setup: on the member that is the leader, the roles, databases,
-#   passwords and grants (scripts/setup-roles.sh), idempotently; replicas get them by
-#   replication.
+#   passwords and grants (scripts/setup-roles.sh), idempotently, when a deploy changes them;
+#   replicas get them by replication. Patroni's on_start/on_role_change callback
+#   (scripts/patroni-callback.sh) does the same whenever a member becomes the leader.
 # - lemmy-cluster-pg-reinit: clones a member afresh, keeping its old data directory aside.
 {
   config,
@@ -36,10 +37,19 @@ let
   baseConf = pkgs.writeText "lemmy-cluster-postgresql.base.conf" ''
     # lemmy-cluster: every setting of this server comes from Patroni (patroni-settings.nix).
   '';
+  # The callback runs inside patroni.service: its credentials are the unit's.
+  callback = "${pkgs.bash}/bin/bash ${scripts}/patroni-callback.sh ${
+    lib.escapeShellArgs (
+      import ./setup-args.nix {
+        inherit cfg;
+        credentials = credentialDir;
+      }
+    )
+  }";
   evaluated = import ./patroni-settings.nix {
     inherit cfg;
     paths = {
-      inherit socketDir;
+      inherit socketDir callback;
       baseConf = "${baseConf}";
     };
   };
@@ -111,8 +121,15 @@ in
       patroni = {
         after = [ "network-online.target" ] ++ lib.optional etcdHere "etcd.service";
         wants = [ "network-online.target" ];
-        # etcdctl for patroni-prepare.sh.
-        path = [ pkgs.etcd_3_6 ];
+        # etcdctl for patroni-prepare.sh, psql for the callback.
+        path = [
+          pkgs.etcd_3_6
+          package
+        ];
+        environment = {
+          PGHOST = socketDir;
+          PGPORT = toString cfg.port;
+        };
         # The settings are read from /etc (a stable path), so that a new configuration reloads
         # Patroni (SIGHUP) rather than restarting it; a new Patroni package still restarts it.
         script = lib.mkForce ''
@@ -125,12 +142,8 @@ in
         '';
         reloadTriggers = [ config.environment.etc.${configFileName}.source ];
         serviceConfig = {
-          LoadCredential = [
-            "superuser-password:${p.superuserPasswordFile}"
-            "replication-password:${cfg.replicationPasswordFile}"
-            "rewind-password:${p.rewindPasswordFile}"
-            "restapi-password:${p.restApiPasswordFile}"
-          ];
+          # Patroni's passwords, and those its callback sets on a new leader (setupCredentials).
+          LoadCredential = lib.unique (setupCredentials ++ [ "restapi-password:${p.restApiPasswordFile}" ]);
           ExecStartPre = "${pkgs.bash}/bin/bash ${scripts}/patroni-prepare.sh ${
             lib.escapeShellArgs (
               import ./patroni-prepare-args.nix {
@@ -193,9 +206,11 @@ in
           User = "postgres";
           Group = "postgres";
           LoadCredential = setupCredentials;
-          # A replica still cloning counts as decided; the wait is for Patroni's first start.
-          TimeoutStartSec = "15min";
-          ExecStart = "${pkgs.bash}/bin/bash ${scripts}/patroni-setup.sh --api ${api} -- ${
+          # Bounded: on the first deploy of a new cluster Patroni waits for etcd's quorum, and the
+          # switch must not wait for machines that are deployed after this one (patroni-setup.sh
+          # then leaves the set-up to the callback of the member that becomes the leader).
+          TimeoutStartSec = "5min";
+          ExecStart = "${pkgs.bash}/bin/bash ${scripts}/patroni-setup.sh --api ${api} --timeout 90 -- ${
             lib.escapeShellArgs (
               import ./setup-args.nix {
                 inherit cfg;

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,6 +63,17 @@ PATRONI_ENV = {
     "PATRONI_REPLICATION_PASSWORD": "replication_password",
     "PATRONI_REWIND_PASSWORD": "rewind_password",
     "PATRONI_RESTAPI_PASSWORD": "patroni_api_password",
+}
+
+
+# The credential names of the module's units and the secrets they hold (modules/postgres/patroni.nix).
+CREDENTIALS = {
+    "db-password": "db_password",
+    "replication-password": "replication_password",
+    "superuser-password": "postgres_superuser_password",
+    "rewind-password": "rewind_password",
+    "pictrs-db-password": "pictrs_db_password",
+    "restapi-password": "patroni_api_password",
 }
 
 
@@ -167,6 +179,14 @@ class PatroniLab:
                 f.write(value + "\n")
             chown_pg(path)
             self.secrets[key] = path
+        # The same secrets under the names of the units' credentials (LoadCredential).
+        self.credentials = workdir / "credentials"
+        self.credentials.mkdir(mode=0o700, exist_ok=True)
+        chown_pg(self.credentials)
+        for name, key in CREDENTIALS.items():
+            target = self.credentials / name
+            shutil.copy(self.secrets[key], target)
+            chown_pg(target)
         self.client_pgpass = workdir / "client.pgpass"
         self.write_pgpass(self.client_pgpass, "lemmy", self.passwords["db_password"])
         self.pictrs_pgpass = workdir / "pictrs.pgpass"
@@ -303,9 +323,15 @@ class PatroniLab:
         base_conf = m.store / "postgresql.base.conf"
         base_conf.write_text("# lemmy-cluster: every setting comes from Patroni\n")
         base_conf.chmod(0o644)
+        # The module's callback: patroni-callback.sh with setup-args.nix's arguments, whose
+        # credentials are patroni.service's (here: the lab's credentials folder).
+        setup = nixeval.evaluate(
+            MODULES / "postgres" / "setup-args.nix", {"cfg": pgo, "credentials": str(self.credentials)}
+        )
+        callback = shlex.join(["bash", str(PG_SCRIPTS / "patroni-callback.sh"), *setup])
         result: dict[str, Any] = nixeval.evaluate(
             MODULES / "postgres" / "patroni-settings.nix",
-            {"cfg": pgo, "paths": {"socketDir": str(m.run_dir), "baseConf": str(base_conf)}},
+            {"cfg": pgo, "paths": {"socketDir": str(m.run_dir), "baseConf": str(base_conf), "callback": callback}},
         )
         settings: dict[str, Any] = result["settings"]
         node = lc["privateAddress"]
@@ -363,7 +389,15 @@ class PatroniLab:
                 ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", str(PATRONI), str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={"PATH": SYS_PATH, "LANG": "C.UTF-8", "HOME": str(m.base / "patroni"), **self.patroni_env()},
+                env={
+                    "PATH": f"{PG_BIN}:{SYS_PATH}",
+                    "LANG": "C.UTF-8",
+                    "HOME": str(m.base / "patroni"),
+                    # patroni.service's environment (the callback's psql)
+                    "PGHOST": str(m.run_dir),
+                    "PGPORT": str(options(self.cluster, name)["postgres"]["port"]),
+                    **self.patroni_env(),
+                },
             )
             log.close()
             self.start_units(name)
@@ -389,7 +423,7 @@ class PatroniLab:
             "--timeout",
             "120",
         ]
-        setup_args = ["--api", api, "--timeout", "300", "--", *self.setup_roles_args(pgo)]
+        setup_args = ["--api", api, "--timeout", "90", "--", *self.setup_roles_args(pgo)]
         for script, args in (("patroni-config.sh", config_args), ("patroni-setup.sh", setup_args)):
             log = m.log(script.removesuffix(".sh")).open("ab")
             m.helpers.append(
@@ -403,28 +437,10 @@ class PatroniLab:
             log.close()
 
     def setup_roles_args(self, pgo: Mapping[str, Any]) -> list[str]:
-        """The module's arguments of setup-roles.sh (credentials: the lab's secret files)."""
-        s = self.secrets
-        args = [
-            "--database",
-            pgo["database"],
-            "--user",
-            pgo["user"],
-            "--password-file",
-            str(s["db_password"]),
-            "--replication-user",
-            pgo["replicationUser"],
-            "--replication-password-file",
-            str(s["replication_password"]),
-        ]
-        pt = pgo.get("patroni")
-        if pt:
-            args += ["--superuser", pt["superuser"], "--superuser-password-file", str(s["postgres_superuser_password"])]
-            args += ["--rewind-user", pt["rewindUser"], "--rewind-password-file", str(s["rewind_password"])]
-        pictrs = pgo.get("pictrsDatabase", {})
-        if pictrs.get("enable"):
-            args += ["--pictrs-database", pictrs["name"], "--pictrs-user", pictrs["user"]]
-            args += ["--pictrs-password-file", str(s["pictrs_db_password"])]
+        """setup-roles.sh's arguments as the module gives them (modules/postgres/setup-args.nix)."""
+        args: list[str] = nixeval.evaluate(
+            MODULES / "postgres" / "setup-args.nix", {"cfg": dict(pgo), "credentials": str(self.credentials)}
+        )
         return args
 
     def wait_units(self, machine: str, timeout: float = 120) -> None:
@@ -554,15 +570,27 @@ class PatroniLab:
         repo = options(self.cluster, machine)["pictrs"]["repo"]
         return f"host={repo['host']} port={repo['port']} user={repo['user']} dbname={repo['name']} connect_timeout=3"
 
-    def start_writer(self, machine: str, dsn: str, out: Path, pgpass: Path | None = None) -> subprocess.Popen[Any]:
-        """tests/live/writeload.py in MACHINE's namespace, with DSN (the password from a pgpass file)."""
+    def start_writer(
+        self, machine: str, dsn: str, out: Path, pgpass: Path | None = None, run: str | None = None
+    ) -> subprocess.Popen[Any]:
+        """tests/live/writeload.py in MACHINE's namespace, with DSN (the password from a pgpass file);
+        RUN: the writer's name in a table keyed by (run, n)."""
         import sys
 
         m = self.member(machine)
         env = {"PATH": SYS_PATH, "PGPASSFILE": str(pgpass or self.client_pgpass), "PYTHONPATH": str(ROOT)}
         log = m.log("writer").open("ab")
         proc = m.host.popen(
-            [sys.executable, "-m", "tests.live.writeload", "--dsn", dsn, "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "tests.live.writeload",
+                "--dsn",
+                dsn,
+                "--out",
+                str(out),
+                *(["--run", run] if run else []),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

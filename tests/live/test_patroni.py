@@ -52,12 +52,21 @@ class Writers:
     procs: dict[str, Any] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
+    runs: dict[str, str] = field(default_factory=dict)
+
     def start(self) -> None:
         for kind in ("backend", "proxy"):
-            self.logs[kind] = self.folder / f"{kind}-{time.monotonic_ns()}.log"
-        self.procs["backend"] = self.lab.start_writer("app1", self.lab.backend_dsn("app1"), self.logs["backend"])
+            self.runs[kind] = f"{kind}-{time.monotonic_ns()}"
+            self.logs[kind] = self.folder / f"{self.runs[kind]}.log"
+        self.procs["backend"] = self.lab.start_writer(
+            "app1", self.lab.backend_dsn("app1"), self.logs["backend"], run=self.runs["backend"]
+        )
         self.procs["proxy"] = self.lab.start_writer(
-            "app1", self.lab.proxy_dsn("app1"), self.logs["proxy"], pgpass=self.lab.pictrs_pgpass
+            "app1",
+            self.lab.proxy_dsn("app1"),
+            self.logs["proxy"],
+            pgpass=self.lab.pictrs_pgpass,
+            run=self.runs["proxy"],
         )
 
     def stop(self) -> dict[str, list[writeload.Attempt]]:
@@ -90,9 +99,10 @@ class Live:
     def writers(self) -> Writers:
         return Writers(self.lab, self.folder)
 
-    def rows(self, table: str, db: str) -> set[int]:
+    def rows(self, writers: Writers, kind: str, db: str) -> set[int]:
+        """The numbers of the rows that client KIND of WRITERS wrote, as the leader has them."""
         leader = self.lab.wait_leader()
-        out = self.lab.sql(leader, f"SELECT n FROM {table}", db=db)
+        out = self.lab.sql(leader, f"SELECT n FROM lc_writes WHERE run = '{writers.runs[kind]}'", db=db)
         return {int(x) for x in out.split()}
 
 
@@ -113,7 +123,10 @@ def live() -> Iterator[Live]:
                 for db, owner in (("lemmy", "lemmy"), ("pictrs", "pictrs")):
                     lab.wait_units(leader)  # the databases exist
                     lab.sql(
-                        leader, "CREATE TABLE lc_writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())", db=db
+                        leader,
+                        "CREATE TABLE lc_writes (run text, n bigint, at timestamptz DEFAULT now(),"
+                        " PRIMARY KEY (run, n))",
+                        db=db,
                     )
                     lab.sql(leader, f"ALTER TABLE lc_writes OWNER TO {owner}", db=db)
                 yield Live(lab, workdir)
@@ -134,7 +147,11 @@ def test_the_designated_member_creates_the_cluster_and_the_others_clone_it(live:
     ids = {lab.sql(n, "SELECT system_identifier FROM pg_control_system()") for n in DBS}
     assert len(ids) == 1, f"members of different clusters: {ids}"
     assert lab.sql("db2", "SHOW data_checksums") == "on"
-    # lemmy-cluster-patroni-setup ran on the leader only; its roles and databases reached all.
+    # The new leader set up the roles itself (Patroni's on_start callback), as did
+    # lemmy-cluster-patroni-setup on the leader only; the roles and databases reached all.
+    assert "patroni-callback: on_start as primary: setting up roles and databases" in (
+        lab.members["db1"].log("patroni").read_text()
+    )
     for name in DBS:
         roles = set(lab.sql(name, "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'").split())
         assert roles == {"postgres", "lemmy", "pictrs", "replicator", "rewind"}, f"{name}: {roles}"
@@ -153,7 +170,7 @@ def test_the_designated_member_creates_the_cluster_and_the_others_clone_it(live:
     assert code == 200
     expected = nixeval.evaluate(
         MODULES / "postgres" / "patroni-settings.nix",
-        {"cfg": options(lab.cluster, "db2")["postgres"], "paths": {"socketDir": "", "baseConf": ""}},
+        {"cfg": options(lab.cluster, "db2")["postgres"], "paths": {"socketDir": "", "baseConf": "", "callback": ""}},
     )["dcs"]
     for key in ("ttl", "loop_wait", "retry_timeout", "failsafe_mode", "synchronous_mode"):
         assert config[key] == expected[key], f"/config {key}: expected {expected[key]}, got {config[key]}"
@@ -200,7 +217,6 @@ def test_the_role_checks_see_the_cluster_as_it_is(live: Live) -> None:
 
 
 def test_both_clients_write_to_the_leader(live: Live) -> None:
-    lab = live.lab
     writers = live.writers()
     writers.start()
     try:
@@ -210,9 +226,9 @@ def test_both_clients_write_to_the_leader(live: Live) -> None:
     for kind, db in (("backend", "lemmy"), ("proxy", "pictrs")):
         acked = writeload.acknowledged(logs[kind])
         assert len(acked) >= 50
-        assert set(acked) <= live.rows("lc_writes", db)
-        live.rows("lc_writes", db)
-        lab.sql(lab.wait_leader(), "TRUNCATE lc_writes", db=db)
+        assert set(acked) <= live.rows(writers, kind, db)
+        # Every attempt of a client that saw no failure was acknowledged: no error at all here.
+        assert all(a.ok for a in logs[kind]), [a for a in logs[kind] if not a.ok][:3]
 
 
 def test_a_crashed_postgres_is_restarted_in_place(live: Live) -> None:
@@ -232,13 +248,20 @@ def test_a_crashed_postgres_is_restarted_in_place(live: Live) -> None:
     assert back is not None
     live.figures["postgres crash: seconds without writes"] = back - crash
     for kind, db in (("backend", "lemmy"), ("proxy", "pictrs")):
-        assert set(writeload.acknowledged(logs[kind])) <= live.rows("lc_writes", db), f"{kind}: acknowledged rows lost"
+        assert set(writeload.acknowledged(logs[kind])) <= live.rows(writers, kind, db), (
+            f"{kind}: acknowledged rows lost"
+        )
 
 
 def test_kill9_of_the_leader_fails_over_with_no_acknowledged_commit_lost(live: Live) -> None:
     lab = live.lab
     old = lab.wait_leader()
     lab.wait_streaming([n for n in DBS if n != old])
+    # In synchronous mode Patroni promotes only the synchronous standby (a replica that may lack an
+    # acknowledged commit is never promoted): right after the leader's restart (the test before)
+    # it has none for a loop or two, and a crash then leaves the cluster without a leader until the
+    # old one returns. Crash it once the standby is named again.
+    lab.wait_sync_standby()
     writers = live.writers()
     writers.start()
     try:
@@ -255,8 +278,10 @@ def test_kill9_of_the_leader_fails_over_with_no_acknowledged_commit_lost(live: L
         assert first is not None, f"{kind}: no write after the failover"
         live.figures[f"kill -9 of the leader: seconds without writes ({kind})"] = first - crash
         acked = set(writeload.acknowledged(logs[kind]))
-        lost = acked - live.rows("lc_writes", db)
+        lost = acked - live.rows(writers, kind, db)
         assert not lost, f"{kind}: {len(lost)} acknowledged commits lost in synchronous mode: {sorted(lost)[:10]}"
+    # The new leader's callback ran the set-up again (idempotent) when it was promoted.
+    assert "patroni-callback: on_role_change as primary" in lab.members[new].log("patroni").read_text()
     # The old leader comes back as a replica of the new one (pg_rewind if it had diverged).
     lab.start_patroni([old], wait=False)
     lab.wait_streaming([old], timeout=120)
@@ -369,7 +394,7 @@ def test_a_switchover_moves_the_leader_in_seconds(live: Live) -> None:
         assert writeload.first_ack_after(logs[kind], asked) is not None, f"{kind}: no write after the switchover"
         live.figures[f"switchover: longest pause between writes ({kind})"] = writeload.longest_pause(logs[kind], asked)
         acked = set(writeload.acknowledged(logs[kind]))
-        assert not acked - live.rows("lc_writes", db), f"{kind}: acknowledged commits lost in the switchover"
+        assert not acked - live.rows(writers, kind, db), f"{kind}: acknowledged commits lost in the switchover"
     # The old leader follows the new one; asking for the current leader changes nothing.
     lab.wait_streaming([old], timeout=60)
     again = lab.switchover(candidate)

@@ -1,6 +1,6 @@
 """A write load for the live tests: one client committing numbered rows as fast as it can.
 
-    python -m tests.live.writeload --dsn DSN --out FILE [--table lc_writes] [--pause 0.005]
+    python -m tests.live.writeload --dsn DSN --out FILE [--table lc_writes] [--run NAME] [--pause 0.005]
 
 Runs inside a test host's namespace (as a backend or pict-rs would), with libpq (psycopg) and the
 connection string it is given: a multi-host string with target_session_attrs=read-write, as the
@@ -13,6 +13,9 @@ transaction; a row is *acknowledged* when its COMMIT returned. Every attempt is 
 On an error the client drops the connection and connects again (the string's hosts in order),
 without pause beyond `connect_timeout`, like a connection pool creating a new connection. Stops on
 SIGTERM. The tests read FILE (`read_log`) for acknowledged rows and the gaps between them.
+
+With --run NAME the rows are (NAME, n) in a table keyed by both (`run text, n bigint`), so that
+clients started one after another never collide on a number another one wrote.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _stop(*_: Any) -> None:
     STOP = True
 
 
-def run(dsn: str, out: Path, table: str, pause: float) -> None:
+def run(dsn: str, out: Path, table: str, pause: float, run_name: str | None = None) -> None:
     import psycopg  # only in the namespace process
 
     signal.signal(signal.SIGTERM, _stop)
@@ -47,7 +50,10 @@ def run(dsn: str, out: Path, table: str, pause: float) -> None:
             try:
                 if conn is None:
                     conn = psycopg.connect(dsn, autocommit=True)
-                conn.execute(f"INSERT INTO {table} (n) VALUES (%s)", (n,))
+                if run_name is None:
+                    conn.execute(f"INSERT INTO {table} (n) VALUES (%s)", (n,))
+                else:
+                    conn.execute(f"INSERT INTO {table} (run, n) VALUES (%s, %s)", (run_name, n))
                 log.write(f"{n} {time.time():.4f} ok\n")
             except psycopg.Error as exc:
                 msg = " ".join(str(exc).split())[:200]
@@ -105,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--table", default="lc_writes")
     ap.add_argument("--pause", default=0.005, type=float)
+    ap.add_argument("--run", default=None)
     a = ap.parse_args(argv)
-    run(a.dsn, a.out, a.table, a.pause)
+    run(a.dsn, a.out, a.table, a.pause, a.run)
     return 0
 
 

@@ -6,7 +6,11 @@
 #   patroni-setup.sh --api URL [--timeout SECONDS] -- SETUP-ROLES-ARGUMENTS...
 #
 # URL is this machine's Patroni REST API (http://address:8008). Waits while Patroni is starting,
-# bootstrapping or waiting for etcd; a replica that is still cloning counts as decided.
+# bootstrapping or waiting for etcd; a replica that is still cloning counts as decided. After
+# SECONDS (default 600) without a decision it exits 0 with a notice when Patroni does not answer at
+# all or has not initialised the cluster (a new cluster waiting for etcd's quorum, or for the
+# member that creates it): Patroni's callback sets up the roles on whichever member becomes the
+# leader (patroni-callback.sh). A member that answers as a stopped or failed server fails.
 set -euo pipefail
 
 api="" timeout=600
@@ -46,6 +50,14 @@ while :; do
         last="$role/$state"
     fi
     if [ $SECONDS -ge $deadline ]; then
+        case "${role:-none}/${state:-none}" in
+            none/none | uninitialized/stopped | uninitialized/none)
+                echo "patroni-setup: Patroni at $api has not joined a cluster yet (role: ${role:-unknown}," \
+                    "state: ${state:-no answer}; etcd may have no quorum yet): the member that becomes the leader" \
+                    "sets up roles and databases by its callback"
+                exit 0
+                ;;
+        esac
         echo "patroni-setup: Patroni at $api is neither the leader nor a replica after ${timeout}s" \
             "(role: ${role:-unknown}, state: ${state:-no answer}); see journalctl -u patroni" >&2
         exit 1

@@ -77,6 +77,9 @@ SQL
 {
     cat <<'SQL'
 SET log_statement = 'none';
+-- One set-up at a time (Patroni's callback and lemmy-cluster-patroni-setup may run together):
+-- the lock is held until this session ends.
+SELECT pg_advisory_lock(hashtext('lemmy-cluster setup-roles')) \gset
 -- With synchronous standbys configured a commit waits for one of them, but on a first start they
 -- can only connect once this very script has set the replication password.
 SET synchronous_commit = local;
