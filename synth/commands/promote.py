@@ -2,8 +2,8 @@
 
 Under Patroni (automatic failover): a planned switchover. On MACHINE over SSH,
 `lemmy-cluster-pg-switchover MACHINE` (modules/postgres/scripts/switchover.sh) asks Patroni to move
-the leadership there; it refuses a member that does not stream from the leader and does nothing
-when MACHINE leads already. The clients follow by themselves and the cluster file does not change
+the leadership there; it refuses a member that does not stream from the leader (in synchronous
+mode: that is not the synchronous standby) and does nothing when MACHINE leads already. The clients follow by themselves and the cluster file does not change
 (`[postgres] primary` only says which member created the cluster).
 
 With manual failover:

@@ -377,7 +377,13 @@ def test_a_switchover_moves_the_leader_in_seconds(live: Live) -> None:
     lab = live.lab
     old = lab.wait_leader()
     lab.wait_streaming([n for n in DBS if n != old], timeout=60)
-    candidate = next(n for n in DBS if n != old)
+    # Synchronous mode: only the synchronous standby may take over; another replica is refused.
+    candidate = lab.wait_sync_standby()
+    other = next(n for n in DBS if n not in (old, candidate))
+    refused = lab.switchover(other)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"only the synchronous standby ({candidate}) may take over" in refused.stderr
+    assert lab.leader() == old, "a refused switchover changes nothing"
     writers = live.writers()
     writers.start()
     try:

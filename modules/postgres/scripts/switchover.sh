@@ -42,9 +42,18 @@ if [ "$leader" = "$candidate" ]; then
     echo "switchover: $candidate leads already; nothing to do"
     exit 0
 fi
-state=$(jq -r --arg c "$candidate" '[.members[] | select(.name == $c)][0] | "\(.state // "")/\(.lag // "")/\(.tags.nofailover // false)"' <<<"$cluster")
-if [ "${state%%/*}" != streaming ]; then
-    echo "switchover: $candidate is not a replica streaming from $leader (its state: ${state%%/*}); nothing was changed" >&2
+state=$(jq -r --arg c "$candidate" '[.members[] | select(.name == $c)][0].state // "not a member"' <<<"$cluster")
+if [ "$state" != streaming ]; then
+    echo "switchover: $candidate is not a replica streaming from $leader (its state: $state); nothing was changed" >&2
+    exit 1
+fi
+# Synchronous mode: Patroni hands the leadership only to the synchronous standby, the one replica
+# known to have every acknowledged commit.
+sync=$(jq -r '[.members[] | select(.role == "sync_standby") | .name] | join(", ")' <<<"$cluster")
+if [ -n "$sync" ] && ! jq -e --arg c "$candidate" 'any(.members[]; .name == $c and .role == "sync_standby")' \
+    <<<"$cluster" >/dev/null; then
+    echo "switchover: in synchronous mode only the synchronous standby ($sync) may take over without risking" \
+        "acknowledged commits, and $candidate is not it; choose $sync. Nothing was changed" >&2
     exit 1
 fi
 
