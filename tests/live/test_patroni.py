@@ -405,5 +405,5 @@ def test_a_switchover_moves_the_leader_in_seconds(live: Live) -> None:
     lab.wait_streaming([old], timeout=60)
     again = lab.switchover(candidate)
     assert again.returncode == 0 and "leads already; nothing to do" in again.stdout
-    refused = lab.switchover("db9")
+    refused = lab.switchover("db9", via=candidate)
     assert refused.returncode == 1 and "nothing was changed" in refused.stderr
