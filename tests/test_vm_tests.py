@@ -170,6 +170,36 @@ def test_script_passes_mypy_as_in_the_driver_build(scenario: str, assembled: dic
     assert out.returncode == 0, report("mypy", scenario, out, head)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        'wait_for_unti("nginx.service")',  # no such method
+        'succeed("true", timeout="5")',  # timeout is int | None
+        "wait_for_open_port(80, 60)",  # addr is a str
+        'wait_until_succeeds("true").decode()',  # it returns str
+    ],
+)
+def test_the_driver_check_sees_machine_methods(call: str, tmp_path: Path) -> None:
+    """The machines are typed with the driver's real methods (not Any): a wrong method name or
+    argument is found by mypy on a node (`fe1.CALL`) and by ty and mypy in a helper whose machine
+    parameter is annotated, as lib.py's are. (ty takes a node that the hints only declare for
+    unbound, and so checks nothing on it at the top level of a script.)"""
+    nix = require_tool("nix-instantiate")
+    text, _ = driver_script(scenario_info(nix, "cluster"))
+    ty = [str(BIN / "ty"), "check", "--no-progress", "--output-format", "concise", "--python", sys.prefix]
+    ty += ["--extra-search-path", str(DRIVER), "--ignore", "unresolved-reference", "testScriptWithTypes"]
+    mypy = [str(BIN / "mypy"), "--no-implicit-optional", "--cache-dir", str(tmp_path / ".mypy_cache")]
+    mypy += ["testScriptWithTypes"]
+    mypy_env = dict(os.environ, MYPYPATH=str(DRIVER))
+    path = tmp_path / "testScriptWithTypes"
+
+    path.write_text(f"{text}\nfe1.{call}\n")
+    assert run_tool(mypy, tmp_path, mypy_env).returncode != 0, f"mypy accepts fe1.{call}"
+    path.write_text(f'{text}\n\ndef helper(machine: "QemuMachine") -> None:\n    machine.{call}\n')
+    assert run_tool(ty, tmp_path).returncode != 0, f"ty accepts machine.{call} in a helper"
+    assert run_tool(mypy, tmp_path, mypy_env).returncode != 0, f"mypy accepts machine.{call} in a helper"
+
+
 def test_every_parameter_is_declared_with_its_type() -> None:
     """A parameter that a scenario passes is declared in driver_globals.pyi (the lint header
     imports it from there, and the driver check above gives it a value of that type)."""

@@ -12,6 +12,7 @@ from driver_globals import (
     BACKEND_PORT,
     DOMAIN,
     FE1,
+    QemuMachine,
     api1,
     api2,
     client,
@@ -92,7 +93,7 @@ def finish_probe(name: str, count: int) -> list[tuple[str, float]]:
     return results
 
 
-def wait_for_lemmy(machine, addr: str) -> None:
+def wait_for_lemmy(machine: "QemuMachine", addr: str) -> None:
     """lemmy_server and lemmy-federate up, and the API past its migrations (503 until then)."""
     with journal_on_failure(machine, *UNITS):
         for unit in UNITS:
@@ -109,19 +110,19 @@ def key_values(items: list[str]) -> dict[str, str]:
     return env
 
 
-def unit_environment(machine, unit: str) -> dict[str, str]:
+def unit_environment(machine: "QemuMachine", unit: str) -> dict[str, str]:
     """The Environment= of UNIT as systemd has it."""
     out = machine.succeed(quote("systemctl", "show", "--property=Environment", "--value", unit))
     return key_values(shlex.split(out))
 
 
-def main_pid(machine, unit: str) -> int:
+def main_pid(machine: "QemuMachine", unit: str) -> int:
     pid = int(machine.succeed(quote("systemctl", "show", "--property=MainPID", "--value", unit)).strip())
     expect(pid > 0, f"{unit} on {machine.name} has a main process", pid)
     return pid
 
 
-def process_environment(machine, unit: str) -> dict[str, str]:
+def process_environment(machine: "QemuMachine", unit: str) -> dict[str, str]:
     """The environment of UNIT's running lemmy_server process (what clap actually reads)."""
     pid = main_pid(machine, unit)
     exe = machine.succeed(f"readlink /proc/{pid}/exe").strip()
@@ -175,7 +176,7 @@ def federate_log_line(shard: int) -> str:
     return f"Starting federation workers for process count {len(SHARDS)} and index {shard - 1}"
 
 
-def wait_for_federate_log(machine, shard: int) -> None:
+def wait_for_federate_log(machine: "QemuMachine", shard: int) -> None:
     line = federate_log_line(shard)
     with journal_on_failure(machine, "lemmy-federate.service"):
         machine.wait_until_succeeds(

@@ -16,6 +16,7 @@ from driver_globals import (
     PICTRS_PORT,
     PICTRS_PROXY_PORT,
     S3_TARGET,
+    QemuMachine,
     app1,
     client,
     db1,
@@ -49,13 +50,13 @@ from lib import (
 MEDIA = {"media1": (media1, MEDIA1), "media2": (media2, MEDIA2)}
 
 
-def pictrs_health(machine, addr: str, what: str) -> None:
+def pictrs_health(machine: "QemuMachine", addr: str, what: str) -> None:
     """pict-rs on ADDR answers /healthz to MACHINE (it checks its repository and its store)."""
     resp = http(machine, f"http://{addr}:{PICTRS_PORT}/healthz", host=addr)
     expect_status(resp, 200, what)
 
 
-def wait_for_pictrs(machine, addr: str) -> None:
+def wait_for_pictrs(machine: "QemuMachine", addr: str) -> None:
     with journal_on_failure(machine, "lemmy-cluster-test-secrets.service", "pict-rs.service"):
         machine.wait_for_unit("pict-rs.service")
         wait_for_http(machine, f"http://{addr}:{PICTRS_PORT}/healthz", addr, timeout=300)

@@ -15,6 +15,7 @@ from driver_globals import (
     FE2,
     PG_PORT,
     PROMOTED_SYSTEM,
+    QemuMachine,
     app1,
     client,
     db1,
@@ -29,6 +30,7 @@ from lib import (
     curl_ok,
     expect,
     expect_equal,
+    expect_status,
     http,
     journal_on_failure,
     login,
@@ -56,7 +58,7 @@ def create_post(base: str, jwt: str, community_id: int, name: str) -> int:
     return int(answer["post_view"]["post"]["id"])
 
 
-def wait_for_row(machine, post_id: int, name: str) -> None:
+def wait_for_row(machine: "QemuMachine", post_id: int, name: str) -> None:
     sql = f"SELECT name FROM post WHERE id = {post_id}"
     machine.wait_until_succeeds(psql_command(sql, "lemmy") + " | grep -qxF " + quote(name), timeout=60)
 
@@ -125,10 +127,8 @@ with (
         if followed.status == 200:
             break
         client.sleep(10)
-    assert followed is not None and followed.status == 200, (
-        f"a post after the promotion without a redeploy: expected HTTP 200, got "
-        f"{followed.status if followed else None}: {followed.body[:300] if followed else ''!r}"
-    )
+    assert followed is not None, "range(3) made no request"
+    expect_status(followed, 200, "a post after the promotion without a redeploy")
     follow_id = int(followed.json()["post_view"]["post"]["id"])
     posts[follow_id] = "while failing over"
     wait_for_row(db2, follow_id, "while failing over")

@@ -2,7 +2,7 @@
 # machines reach them through their own S3 balancers, behind one backend, a frontend, a PostgreSQL
 # primary and a client (nixos-tests/storage/test.nix).
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from driver_globals import (
     ADMIN_PASSWORD_FILE,
@@ -30,6 +30,7 @@ from driver_globals import (
     STORE1,
     STORE2,
     STORE3,
+    QemuMachine,
     app1,
     client,
     db1,
@@ -132,20 +133,20 @@ def garage_health(expected_start: str, what: str) -> None:
 # ---------------------------------------------------------------------------- pict-rs
 
 
-def pictrs_health(machine, addr: str, what: str) -> None:
+def pictrs_health(machine: "QemuMachine", addr: str, what: str) -> None:
     """pict-rs on ADDR answers /healthz to MACHINE (it checks its repository and its store)."""
     resp = http(machine, f"http://{addr}:{PICTRS_PORT}/healthz", host=addr)
     expect_status(resp, 200, what)
 
 
-def wait_for_pictrs(machine, addr: str) -> None:
+def wait_for_pictrs(machine: "QemuMachine", addr: str) -> None:
     with journal_on_failure(machine, "lemmy-cluster-test-secrets.service", "nginx.service", "pict-rs.service"):
         machine.wait_for_unit("nginx.service")
         machine.wait_for_unit("pict-rs.service")
         wait_for_http(machine, f"http://{addr}:{PICTRS_PORT}/healthz", addr, timeout=300)
 
 
-def environ_command(machine) -> str:
+def environ_command(machine: "QemuMachine") -> str:
     """A shell command printing the environment of the running pict-rs process on MACHINE (what
     pict-rs actually reads), one variable a line."""
     pid = int(machine.succeed(quote("systemctl", "show", "--property=MainPID", "--value", "pict-rs.service")).strip())
@@ -155,7 +156,7 @@ def environ_command(machine) -> str:
     return f"tr '\\0' '\\n' < /proc/{pid}/environ"
 
 
-def balancer_answers(machine, what: str) -> None:
+def balancer_answers(machine: "QemuMachine", what: str) -> None:
     """Three requests in a row to MACHINE's S3 balancer (one per storage machine in nginx's round
     robin) are all answered by a Garage: unsigned, so with S3's AccessDenied (HTTP 403)."""
     for attempt in (1, 2, 3):
@@ -179,7 +180,7 @@ def aliases() -> str:
 
 
 @contextlib.contextmanager
-def image_path_journals() -> Iterator[None]:
+def image_path_journals() -> Generator[None]:
     """On a failure, print the journals of what an image request passes through: app1's nginx and
     Lemmy, then pict-rs and the S3 balancer on media1 and media2."""
     with (
@@ -239,7 +240,7 @@ with subtest("store1's Garage sees all three storage machines, each with its rol
     healthy = sections.get("HEALTHY NODES", {})
     expect("FAILED NODES" not in sections, "`garage status` on store1: no FAILED NODES section", sections)
     expect_equal(3, len(healthy), "rows of HEALTHY NODES in `garage status` on store1")
-    for name, (_, addr) in STORES.items():
+    for name, (_store, addr) in STORES.items():
         node_id = NODE_IDS[name]
         row = healthy.get(short(node_id))
         expect(row is not None, f"{name} ({short(node_id)}) is a healthy node of `garage status`", healthy)
@@ -323,7 +324,7 @@ with subtest("the backend, the frontend and the client start; fe1 serves the API
         expect_port(machine, DB1, PG_PORT, True, f"PostgreSQL primary from {name}")
     resp = http(app1, f"http://127.0.0.1:{PICTRS_PROXY_PORT}/healthz", host="127.0.0.1")
     expect_status(resp, 200, "pict-rs /healthz through app1's balancer")
-    for name, (_, addr) in STORES.items():
+    for name, (_store, addr) in STORES.items():
         expect_port(client, addr, GARAGE_S3_PORT, False, f"Garage's S3 API on {name} from the client")
         expect_port(client, addr, GARAGE_RPC_PORT, False, f"Garage's RPC on {name} from the client")
     expect_port(app1, STORE1, GARAGE_S3_PORT, False, "Garage's S3 API on store1 from the backend")
