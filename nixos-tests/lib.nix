@@ -3,6 +3,7 @@
 # - clusterNode: a test node built like a real machine: the role modules
 #   (self.nixosModules.default) plus the host module that synth generated from a test TOML into
 #   nixos-tests/<scenario>/hosts/<machine>/default.nix, plus the test secrets and tools (node.nix).
+# - testNode: a node with the role modules set by hand (no generated host module).
 # - clientNode: a machine outside the cluster that plays the user's browser.
 # - script: the test script the driver runs: lib.py, then the scenario's parameters (read from
 #   the nodes' configuration by the caller), then the scenario's test.py without its lint header.
@@ -54,6 +55,22 @@ in
         ./node.nix
       ]
       ++ extraModules;
+      virtualisation.memorySize = memorySize;
+    };
+
+  # A test node that runs role modules configured by hand instead of a generated host module
+  # (e.g. the one-node Garage of pictrs-shared), with the test secrets and tools of node.nix.
+  testNode =
+    {
+      modules,
+      memorySize ? 1024,
+    }:
+    {
+      imports = [
+        self.nixosModules.default
+        ./node.nix
+      ]
+      ++ modules;
       virtualisation.memorySize = memorySize;
     };
 

@@ -239,7 +239,15 @@ def test_garage_test_keys_belong_to_the_tomls_node_ids() -> None:
         assert garage.node_id(keys[name]) == node_id, f"{toml}: {name}'s garage_node_id is not its test key's id"
         seed = hashlib.sha256(f"lemmy-cluster vm test {name}".encode()).digest()
         assert base64.b64decode(keys[name])[:32] == seed, f"garage-keys.nix: {name}'s seed is not the documented one"
-    assert sorted(keys) == sorted({name for _, name, _ in used}), "garage-keys.nix holds only keys the TOMLs use"
+    s3 = nix_eval_json(f"import {TESTS}/pictrs-shared/s3-node.nix")
+    assert isinstance(s3, dict)
+    assert garage.node_id(keys[s3["name"]]) == s3["nodeId"], "pictrs-shared/s3-node.nix: the id of the s3 node's key"
+    seed = hashlib.sha256(f"lemmy-cluster vm test {s3['name']}".encode()).digest()
+    assert base64.b64decode(keys[s3["name"]])[:32] == seed, (
+        "garage-keys.nix: the s3 node's seed is not the documented one"
+    )
+    used_names = {name for _, name, _ in used} | {s3["name"]}
+    assert sorted(keys) == sorted(used_names), "garage-keys.nix holds only keys the TOMLs and the s3 node use"
 
 
 # garage-setup.sh's checks of pict-rs's S3 key, and Garage's of its rpc_secret (64 hex digits).

@@ -54,6 +54,7 @@ let
   t = {{
     clusterNode = args: {{ }};
     clientNode = {{ }};
+    testNode = args: {{ }};
     hostModule = dir: machine: dir + "/hosts/${{machine}}/default.nix";
     script = {{ file, params ? {{ }}, checks ? [ ] }}: {{
       file = toString file;

@@ -1,13 +1,15 @@
-# The S3 server of the VM tests whose pict-rs uses object storage (pictrs-shared): nixpkgs' MinIO
-# on port 9000, open to the test network, with one bucket created at boot. For synth this is
-# external object storage: it is no machine of the test TOML, only its [pictrs] endpoint.
+# The S3 server of the `pictrs-shared` VM test: a one-node Garage, run by this project's own storage
+# module (services.lemmy-cluster.storage) on the test node `s3`. For synth it is external object
+# storage: it is no machine of the test TOML, only its [pictrs] endpoint. (It replaces nixpkgs'
+# MinIO, which nixpkgs marks insecure: abandoned upstream; tests/test_nixpkgs_packages.py.)
 #
-# MinIO's root credentials are the S3 keys the pict-rs machines read from their secret files
-# (named s3-access-key and s3-secret-key by synth): both sides derive the values from the test
-# seed and those names (secret-values.nix), so no value passes through Nix.
+# Garage's setup (lemmy-cluster-garage-setup) gives the node its role in the layout, imports
+# pict-rs's S3 key and creates the bucket. The keys are the test secrets that the pict-rs machines
+# read too (secrets.nix derives both from the file names s3-access-key and s3-secret-key, in
+# Garage's formats); the node key is the TEST-ONLY key of garage-keys.nix (s3-node.nix: its id).
 #
-# `s3-mc ARGS...` runs MinIO's client as root with the alias `local` (this server), e.g.
-# `s3-mc ls --recursive local/lemmy-images`.
+# `s3-objects ls` lists the bucket's objects (one key a line), `s3-objects cat KEY` prints one:
+# rclone as root, signing with pict-rs's key, read from the secret files at run time.
 {
   config,
   lib,
@@ -17,132 +19,90 @@
 let
   cfg = config.lemmy-cluster-test.s3;
   inherit (lib) mkOption types;
-  values = import ../secret-values.nix;
+  node = import ./s3-node.nix;
+  storage = config.services.lemmy-cluster.storage;
+  secret = name: "${cfg.secretsDir}/${name}";
 
-  stateDir = "/var/lib/lemmy-cluster-test-s3";
-  # An EnvironmentFile (MINIO_ROOT_USER=..., MINIO_ROOT_PASSWORD=...) for minio.service.
-  credentialsFile = "${stateDir}/minio-root-credentials";
-
-  s3-mc = pkgs.writeShellScriptBin "s3-mc" ''
-    exec ${pkgs.minio-client}/bin/mc --config-dir ${stateDir}/mc "$@"
+  s3-objects = pkgs.writeShellScriptBin "s3-objects" ''
+    set -euo pipefail
+    RCLONE_S3_ACCESS_KEY_ID=$(cat ${lib.escapeShellArg storage.setup.accessKeyFile})
+    RCLONE_S3_SECRET_ACCESS_KEY=$(cat ${lib.escapeShellArg storage.setup.secretKeyFile})
+    export RCLONE_S3_ACCESS_KEY_ID RCLONE_S3_SECRET_ACCESS_KEY
+    export RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT=http://127.0.0.1:${toString storage.s3Port}
+    export RCLONE_S3_REGION=${lib.escapeShellArg storage.s3Region} RCLONE_S3_FORCE_PATH_STYLE=true
+    export RCLONE_CONFIG=/dev/null
+    remote=:s3:${lib.escapeShellArg storage.setup.bucket}
+    case "''${1:-}" in
+    ls) exec ${pkgs.rclone}/bin/rclone lsf --recursive --files-only "$remote" ;;
+    cat) exec ${pkgs.rclone}/bin/rclone cat "$remote/$2" ;;
+    *)
+      echo "usage: s3-objects ls | s3-objects cat KEY" >&2
+      exit 2
+      ;;
+    esac
   '';
 in
 {
   options.lemmy-cluster-test.s3 = {
-    port = mkOption {
-      type = types.port;
-      default = 9000;
-      description = "Port of MinIO's S3 API (opened in the firewall).";
-    };
     bucket = mkOption {
       type = types.str;
       example = "lemmy-images";
-      description = "Bucket created at boot.";
+      description = "Bucket created by Garage's setup, with pict-rs's key allowed to it.";
     };
     region = mkOption {
       type = types.str;
       default = "us-east-1";
-      description = "MinIO's region (the one pict-rs signs its requests for).";
+      description = "Region of Garage's S3 API (the one pict-rs signs its requests for).";
     };
-    accessKeyName = mkOption {
-      type = types.str;
-      default = "s3-access-key";
-      description = "Name of the secret file holding the access key on the pict-rs machines; MinIO's root user is its value.";
+    clients = mkOption {
+      type = types.listOf types.str;
+      example = [ "192.168.1.5" ];
+      description = "Addresses of the pict-rs machines, allowed to the S3 port.";
     };
-    secretKeyName = mkOption {
+    secretsDir = mkOption {
       type = types.str;
-      default = "s3-secret-key";
-      description = "Name of the secret file holding the secret key on the pict-rs machines; MinIO's root password is its value.";
+      default = "/var/lib/lemmy-cluster/secrets";
+      description = ''
+        Folder of the test secrets on this node. The S3 key files are named s3-access-key and
+        s3-secret-key, as on the pict-rs machines, so that both get the same values.
+      '';
     };
-    mcAlias = mkOption {
+    domain = mkOption {
       type = types.str;
-      default = "local";
-      readOnly = true;
-      description = "Alias of this server for `s3-mc` (set by lemmy-cluster-test-s3-bucket.service).";
+      description = "The test cluster's domain (services.lemmy-cluster.domain has no default).";
     };
   };
 
   config = {
-    services.minio = {
+    services.lemmy-cluster = {
       enable = true;
-      listenAddress = ":${toString cfg.port}";
-      browser = false;
-      inherit (cfg) region;
-      # A path outside the store (a string): the file is written at boot, below.
-      rootCredentialsFile = credentialsFile;
-    };
-
-    networking.firewall.allowedTCPPorts = [ cfg.port ];
-
-    environment.systemPackages = [ s3-mc ];
-
-    systemd.services = {
-      # Before minio.service (whose ConditionPathExists skips it without the file) and before
-      # minio-root-credentials.path starts watching the file (writing it later would restart
-      # MinIO through minio-restart.service). Path units come after sysinit.target, so this runs
-      # in early boot, right after the local file systems.
-      lemmy-cluster-test-s3-credentials = {
-        description = "lemmy-cluster VM test: MinIO's root credentials from the test secrets";
-        wantedBy = [ "multi-user.target" ];
-        requiredBy = [ "minio.service" ];
-        after = [ "local-fs.target" ];
-        before = [
-          "minio.service"
-          "minio-root-credentials.path"
-          "shutdown.target"
-        ];
-        conflicts = [ "shutdown.target" ];
-        unitConfig.DefaultDependencies = false;
-        path = [ pkgs.coreutils ];
-        serviceConfig = {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          UMask = "0077";
-        };
-        script = ''
-          ${values.shellFunction}
-          mkdir -p ${stateDir}
-          if [ ! -s ${credentialsFile} ]; then
+      clusterName = "vmtest-s3";
+      inherit (cfg) domain;
+      privateAddress = config.networking.primaryIPAddress;
+      storage = {
+        enable = true;
+        inherit (node) nodeId;
+        nodeKeyFile = secret "garage-node-key";
+        rpcSecretFile = secret "garage-rpc-secret";
+        replicationFactor = 1;
+        s3Region = cfg.region;
+        s3Clients = cfg.clients;
+        setup = {
+          enable = true;
+          nodes = [
             {
-              printf 'MINIO_ROOT_USER=%s\n' "$(test_secret ${lib.escapeShellArg cfg.accessKeyName})"
-              printf 'MINIO_ROOT_PASSWORD=%s\n' "$(test_secret ${lib.escapeShellArg cfg.secretKeyName})"
-            } >${credentialsFile}.tmp
-            mv ${credentialsFile}.tmp ${credentialsFile}
-          fi
-        '';
-      };
-
-      # The bucket, once MinIO answers (minio.service is Type=simple: started is not ready).
-      lemmy-cluster-test-s3-bucket = {
-        description = "lemmy-cluster VM test: create the S3 bucket ${cfg.bucket}";
-        wantedBy = [ "multi-user.target" ];
-        after = [ "minio.service" ];
-        requires = [ "minio.service" ];
-        path = [
-          pkgs.coreutils
-          s3-mc
-        ];
-        serviceConfig = {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          UMask = "0077";
-          EnvironmentFile = credentialsFile;
+              id = node.nodeId;
+              zone = "s3";
+              capacity = "1G";
+            }
+          ];
+          inherit (cfg) bucket;
+          accessKeyFile = secret "s3-access-key";
+          secretKeyFile = secret "s3-secret-key";
         };
-        # Test-only credentials on mc's command line (visible in ps on this machine).
-        script = ''
-          for attempt in $(seq 60); do
-            if s3-mc alias set ${cfg.mcAlias} http://127.0.0.1:${toString cfg.port} \
-                "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" --api S3v4 &&
-              s3-mc mb --ignore-existing ${lib.escapeShellArg "${cfg.mcAlias}/${cfg.bucket}"}; then
-              exit 0
-            fi
-            echo "MinIO not ready yet (attempt $attempt of 60)"
-            sleep 2
-          done
-          echo "could not create bucket ${cfg.bucket} on MinIO" >&2
-          exit 1
-        '';
       };
     };
+
+    environment.systemPackages = [ s3-objects ];
   };
 }

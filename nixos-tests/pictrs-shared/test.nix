@@ -1,7 +1,7 @@
 # VM test `pictrs-shared`: client, fe1 (frontend), app1 (backend), media1 and media2 (pict-rs with
 # [pictrs] store = "object_storage"), db1 (PostgreSQL primary, also holding pict-rs's repository)
-# from cluster.toml, and s3 (MinIO, nixos-tests/pictrs-shared/s3.nix), the object storage that the TOML
-# names only by its endpoint. Script: test.py. Asserts that an image uploaded through
+# from cluster.toml, and s3 (a one-node Garage, nixos-tests/pictrs-shared/s3.nix), the object
+# storage that the TOML names only by its endpoint. Script: test.py. Asserts that an image uploaded through
 # fe1 is served through fe1 while pict-rs is stopped on media1 (media2 answers through app1's
 # pict-rs balancer, from the shared repository and bucket), that the image is an object in the
 # bucket and rows in the pictrs database, and that with media1 back and media2 crashed a second
@@ -33,14 +33,23 @@ pkgs.testers.runNixOSTest {
     media1 = node "media1" 2048;
     media2 = node "media2" 2048;
     db1 = node "db1" 1024;
-    s3 = {
-      imports = [ ./s3.nix ];
-      lemmy-cluster-test.s3 = { inherit (toml.pictrs) bucket region; };
-      # MinIO wants at least 1 GiB free on its drive, and memory for its buffers.
-      virtualisation = {
-        memorySize = 2048;
-        diskSize = 4096;
-      };
+    # A one-node Garage (s3.nix), open to the two pict-rs machines.
+    s3 = t.testNode {
+      modules = [
+        ./s3.nix
+        {
+          lemmy-cluster-test.s3 = {
+            inherit (toml.pictrs) bucket region;
+            inherit (toml.cluster) domain;
+            clients = map (m: toml.machines.${m}.address) [
+              "media1"
+              "media2"
+            ];
+          };
+          # Garage keeps its metadata (LMDB) and data blocks on the root disk.
+          virtualisation.diskSize = 2048;
+        }
+      ];
     };
   };
 
@@ -51,8 +60,8 @@ pkgs.testers.runNixOSTest {
       app1 = lc "app1";
       media1 = (lc "media1").pictrs;
       db1 = (lc "db1").postgres;
-      s3 = nodes.s3.lemmy-cluster-test.s3;
-      endpoint = "http://${nodes.s3.networking.primaryIPAddress}:${toString s3.port}";
+      s3 = (lc "s3").storage;
+      endpoint = "http://${nodes.s3.networking.primaryIPAddress}:${toString s3.s3Port}";
       checks = [
         {
           ok = lib.all (m: (lc m).pictrs.objectStorage.endpoint == endpoint) [
@@ -62,14 +71,19 @@ pkgs.testers.runNixOSTest {
           msg = "the pict-rs machines' objectStorage.endpoint is ${toString media1.objectStorage.endpoint}, but the s3 node serves ${endpoint}: fix [pictrs] endpoint in cluster.toml and regenerate";
         }
         {
-          ok = media1.objectStorage.bucket == s3.bucket;
-          msg = "pict-rs uses bucket ${toString media1.objectStorage.bucket}, the s3 node creates ${s3.bucket}";
+          ok = media1.objectStorage.bucket == s3.setup.bucket;
+          msg = "pict-rs uses bucket ${toString media1.objectStorage.bucket}, the s3 node creates ${s3.setup.bucket}";
         }
         {
+          # The test secrets are derived from the file names (secret-values.nix).
           ok =
-            baseNameOf media1.objectStorage.accessKeyFile == s3.accessKeyName
-            && baseNameOf media1.objectStorage.secretKeyFile == s3.secretKeyName;
-          msg = "MinIO's root credentials are derived from the secret names ${s3.accessKeyName} and ${s3.secretKeyName}, but pict-rs reads ${toString media1.objectStorage.accessKeyFile} and ${toString media1.objectStorage.secretKeyFile}: set lemmy-cluster-test.s3.accessKeyName/secretKeyName on the s3 node";
+            baseNameOf media1.objectStorage.accessKeyFile == baseNameOf s3.setup.accessKeyFile
+            && baseNameOf media1.objectStorage.secretKeyFile == baseNameOf s3.setup.secretKeyFile;
+          msg = "pict-rs reads its S3 key from ${toString media1.objectStorage.accessKeyFile} and ${toString media1.objectStorage.secretKeyFile}, the s3 node's Garage imports ${toString s3.setup.accessKeyFile} and ${toString s3.setup.secretKeyFile}: the test secrets need the same file names";
+        }
+        {
+          ok = media1.objectStorage.region == s3.s3Region;
+          msg = "pict-rs signs for region ${media1.objectStorage.region}, the s3 node's Garage is ${s3.s3Region}";
         }
       ];
     in
@@ -90,7 +104,7 @@ pkgs.testers.runNixOSTest {
         PICTRS_PROXY_PORT = app1.backend.pictrsProxyPort;
         PG_PORT = db1.port;
         PICTRS_DB = db1.pictrsDatabase.name;
-        S3_TARGET = "${s3.mcAlias}/${s3.bucket}";
+        S3_BUCKET = s3.setup.bucket;
       };
     };
 }

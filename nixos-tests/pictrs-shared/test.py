@@ -1,5 +1,5 @@
 # VM test `pictrs-shared`: two pict-rs machines sharing a Postgres repository and an S3 bucket
-# behind one backend, a frontend, a PostgreSQL primary, a MinIO server and a client
+# behind one backend, a frontend, a PostgreSQL primary, a one-node Garage (the S3 server) and a client
 # (nixos-tests/pictrs-shared/test.nix).
 from driver_globals import (
     ADMIN_PASSWORD_FILE,
@@ -15,7 +15,7 @@ from driver_globals import (
     PICTRS_DB,
     PICTRS_PORT,
     PICTRS_PROXY_PORT,
-    S3_TARGET,
+    S3_BUCKET,
     QemuMachine,
     app1,
     client,
@@ -82,15 +82,18 @@ def expect_stored(alias: str, what: str) -> None:
     expect(
         identifier != "" and "\n" not in identifier, f"{what}: one identifier for {alias} in {PICTRS_DB}", identifier
     )
-    target = f"{S3_TARGET}/{identifier}"
-    s3.succeed(quote("s3-mc", "stat", target))
-    s3.succeed(quote("s3-mc", "cat", target) + " > /tmp/object")
-    expect_equal(PNG_SIGNATURE, file_head(s3, "/tmp/object", len(PNG_SIGNATURE)), f"{what}: start of object {target}")
+    objects = bucket_objects()
+    expect(identifier in objects, f"{what}: object {identifier} in bucket {S3_BUCKET}", objects)
+    s3.succeed(quote("s3-objects", "cat", identifier) + " > /tmp/object")
+    expect_equal(
+        PNG_SIGNATURE, file_head(s3, "/tmp/object", len(PNG_SIGNATURE)), f"{what}: start of object {identifier}"
+    )
 
 
 def bucket_objects() -> list[str]:
-    listing = s3.succeed(quote("s3-mc", "ls", "--recursive", S3_TARGET)).strip()
-    return [line for line in listing.splitlines() if line.strip()]
+    """The keys of the objects in the bucket, listed on the s3 node with pict-rs's key (s3.nix)."""
+    listing = s3.succeed("s3-objects ls").strip()
+    return [line.strip() for line in listing.splitlines() if line.strip()]
 
 
 with subtest("the PostgreSQL primary starts first, then the S3 server and its bucket"):
@@ -99,12 +102,16 @@ with subtest("the PostgreSQL primary starts first, then the S3 server and its bu
         db1.wait_for_unit("lemmy-cluster-pg-setup.service")
     s3.start()
     with journal_on_failure(
-        s3, "lemmy-cluster-test-s3-credentials.service", "minio.service", "lemmy-cluster-test-s3-bucket.service"
+        s3, "lemmy-cluster-test-secrets.service", "garage.service", "lemmy-cluster-garage-setup.service"
     ):
-        s3.wait_for_unit("lemmy-cluster-test-s3-bucket.service")
-    bucket = S3_TARGET.split("/", 1)[1]
-    buckets = s3.succeed(quote("s3-mc", "ls", S3_TARGET.split("/", 1)[0])).split()
-    expect(f"{bucket}/" in buckets, f"bucket {bucket} listed on MinIO", buckets)
+        s3.wait_for_unit("garage.service")
+        # A simple service that stays active once done: its last line says it is done.
+        s3.wait_until_succeeds(
+            "journalctl -b --no-pager -o cat -u lemmy-cluster-garage-setup.service | "
+            + quote("grep", "-qF", f"own bucket {S3_BUCKET}; done"),
+            timeout=300,
+        )
+    expect_equal([], bucket_objects(), f"objects in the new bucket {S3_BUCKET}, listed with pict-rs's key")
 
 with subtest("pict-rs starts on media1 (it migrates the repository), then on media2"):
     # One after the other: two pict-rs starting at once against an empty repository would both
@@ -166,7 +173,7 @@ with subtest("the image is an object in the bucket and rows of pict-rs's reposit
     aliases = psql(db1, "SELECT count(*) FROM aliases", PICTRS_DB)
     expect_equal("1", aliases, f"rows of table aliases in database {PICTRS_DB}")
     objects = bucket_objects()
-    expect(len(objects) >= 1, f"objects in {S3_TARGET}", objects)
+    expect(len(objects) >= 1, f"objects in bucket {S3_BUCKET}", objects)
 
 with subtest("with media1 back and media2 crashed, a second upload and both images work through fe1"):
     media1.succeed("systemctl start pict-rs.service")
@@ -183,4 +190,4 @@ with subtest("with media1 back and media2 crashed, a second upload and both imag
     expect_stored(second, "second image")
     expect_equal("2", psql(db1, "SELECT count(*) FROM aliases", PICTRS_DB), f"rows of aliases in {PICTRS_DB}")
     objects = bucket_objects()
-    expect(len(objects) >= 2, f"objects in {S3_TARGET} after two uploads", objects)
+    expect(len(objects) >= 2, f"objects in bucket {S3_BUCKET} after two uploads", objects)

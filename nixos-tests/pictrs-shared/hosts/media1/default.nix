@@ -30,7 +30,7 @@
           passwordFile = "/var/lib/lemmy-cluster/secrets/pictrs-db-password";
         };
         objectStorage = {
-          endpoint = "http://192.168.1.7:9000";
+          endpoint = "http://192.168.1.7:3900";
           bucket = "lemmy-images";
           region = "us-east-1";
           usePathStyle = true;
