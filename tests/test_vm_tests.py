@@ -282,3 +282,35 @@ def test_test_secret_formats(fmt: str | None) -> None:
     expected = {"hex32": digest[:32], "hex64": digest, "garage-key-id": "GK" + digest[:24]}[fmt or "hex32"]
     assert out.stdout == expected
     assert run("s3-access-key", "base64").returncode != 0
+
+
+# ---------------------------------------------------------------------------- nixpkgs' executables
+
+# What /proc/<pid>/exe of a service's main process is, under the package's store path, as nixpkgs
+# builds the program (Swarsel/nixpkgs@4aa6836a). A wrapped program runs as bin/.<name>-wrapped.
+PROCESS_EXECUTABLES = {
+    "pict-rs": (
+        "bin/.pict-rs-wrapped",
+        "pkgs/by-name/pi/pict-rs/package.nix: postInstall wrapProgram $out/bin/pict-rs --prefix PATH "
+        "(imagemagick, ffmpeg, exiftool)",
+    ),
+    "lemmy_server": ("bin/lemmy_server", "pkgs/servers/web-apps/lemmy/server.nix: no wrapper"),
+}
+
+# `exe.endswith("/bin/<name>")` and the like: what a script expects a process's executable to be.
+EXPECTED_EXECUTABLE = re.compile(r"""endswith\(\s*f?["'](/bin/[^"']+)["']\s*\)""")
+
+
+def test_scripts_expect_the_executables_nixpkgs_builds() -> None:
+    """A test script that checks which program a unit runs (readlink /proc/<pid>/exe) expects the
+    file nixpkgs installs, wrapper included."""
+    found = []
+    for script in [*sorted(TESTS.glob("*/test.py")), TESTS / "lib.py"]:
+        for match in EXPECTED_EXECUTABLE.finditer(script.read_text()):
+            found.append((script.relative_to(TESTS), match.group(1)))
+    assert found, "the scripts check the executables of pict-rs and lemmy_server"
+    for script, suffix in found:
+        name = suffix.rsplit("/", 1)[1].removeprefix(".").removesuffix("-wrapped")
+        assert name in PROCESS_EXECUTABLES, f"{script}: add {name} to PROCESS_EXECUTABLES with its nixpkgs source"
+        exe, source = PROCESS_EXECUTABLES[name]
+        assert suffix == "/" + exe, f"{script}: the process of {name} runs .../{exe}, not ...{suffix} ({source})"

@@ -152,7 +152,11 @@ def environ_command(machine: "QemuMachine") -> str:
     pid = int(machine.succeed(quote("systemctl", "show", "--property=MainPID", "--value", "pict-rs.service")).strip())
     expect(pid > 0, f"pict-rs.service on {machine.name} has a main process", pid)
     exe = machine.succeed(f"readlink /proc/{pid}/exe").strip()
-    expect(exe.endswith("/bin/pict-rs"), f"the main process of pict-rs.service on {machine.name} is pict-rs", exe)
+    # nixpkgs wraps pict-rs (PATH to imagemagick, ffmpeg, exiftool): the wrapper execs the real
+    # program, bin/.pict-rs-wrapped.
+    expect(
+        exe.endswith("/bin/.pict-rs-wrapped"), f"the main process of pict-rs.service on {machine.name} is pict-rs", exe
+    )
     return f"tr '\\0' '\\n' < /proc/{pid}/environ"
 
 
