@@ -162,6 +162,11 @@ in
         message = "services.lemmy-cluster.pictrs.s3Upstreams is set, so pict-rs must use the local S3 balancer: set objectStorage.endpoint to \"http://127.0.0.1:${toString cfg.s3ProxyPort}\".";
       }
       {
+        # s3-balancer.conf rebuilds the Host header pict-rs signed as $host:$server_port.
+        assertion = cfg.s3Upstreams == [ ] || cfg.s3ProxyPort != 80;
+        message = "services.lemmy-cluster.pictrs.s3ProxyPort is 80: pict-rs then signs its S3 requests for the Host 127.0.0.1 without a port, but the S3 balancer sends 127.0.0.1:80 on, so Garage refuses every signature. Pick another port (the default is 3909).";
+      }
+      {
         assertion = !(lib.hasPrefix "/nix/store" cfg.apiKeyFile);
         message = "services.lemmy-cluster.pictrs.apiKeyFile points into the Nix store, which is world-readable; keep the key in a root-owned file outside it.";
       }
