@@ -12,6 +12,7 @@ S3 balancer.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,10 +23,20 @@ import pytest
 
 from synth.model import Cluster, load
 from synth.topology import PICTRS_S3_PROXY_PORT, plan
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, require
 from tests.live.frontend import FrontendPaths, render_balancer_conf, render_nginx_conf
 
-GIXY = Path(sys.executable).parent / "gixy"
+
+def gixy() -> str:
+    """gixy beside this interpreter (the venv's, from the test extra) or on PATH (the flake's
+    synth-tests check gets nixpkgs' pkgs.gixy)."""
+    beside = Path(sys.executable).parent / "gixy"
+    found = str(beside) if beside.exists() else shutil.which("gixy")
+    require(found is not None, "gixy is not installed (the test extra has it: make setup)")
+    assert found is not None
+    return found
+
+
 MODULES = ROOT / "modules"
 CLUSTERS = [
     EXAMPLES / "single.toml",
@@ -114,10 +125,9 @@ def test_every_kind_of_configuration_is_checked() -> None:
 
 @pytest.mark.parametrize("conf", CONFS, ids=lambda conf: conf.name)
 def test_gixy_finds_nothing(conf: Conf, tmp_path: Path) -> None:
-    assert GIXY.exists(), "gixy is in the test extra (make setup)"
     paths = FrontendPaths(tmp_path / "nginx").create()
     paths.conf.write_text(conf.render(paths))
-    out = subprocess.run([str(GIXY), str(paths.conf)], capture_output=True, text=True, check=False)
+    out = subprocess.run([gixy(), str(paths.conf)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, f"gixy 0.1.21 fails the build of nginx.conf ({conf.name}):\n{out.stdout}{out.stderr}"
 
 
@@ -139,5 +149,5 @@ def test_gixy_reads_the_included_module_files(tmp_path: Path) -> None:
         include=include,
     )
     paths.conf.write_text(conf)
-    out = subprocess.run([str(GIXY), str(paths.conf)], capture_output=True, text=True, check=False)
+    out = subprocess.run([gixy(), str(paths.conf)], capture_output=True, text=True, check=False)
     assert out.returncode != 0 and "host_spoofing" in out.stdout, out.stdout
