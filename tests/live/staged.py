@@ -7,9 +7,11 @@ checkout's file instead: a checkout may sit in a folder that user cannot enter (
 0700, or a `mktemp -d` folder), and the test would fail for a reason a NixOS machine never has.
 
 ``MODULES`` is a copy of modules/ made once per test session (at the first import of this
-module) in a folder of the system's temporary directory that everyone may enter, with the store's
-modes: folders 0555, files 0444, executables 0555, owned by root. It is removed when the session
-ends. Every live test that gives a module file to another user takes it from here.
+module) in a temporary folder that everyone may enter (the system's temporary directory, or /tmp
+or /var/tmp when that one is closed to other users, as a pytest basetemp may be), with the
+store's modes: folders 0555, files 0444, executables 0555, owned by whoever runs the tests. It is
+removed when the session ends. Every live test that gives a module file to another user takes it
+from here.
 """
 
 from __future__ import annotations
@@ -49,16 +51,21 @@ def _traversable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
 
+def _parent() -> Path:
+    """The first temporary folder that other users can walk to (o+x on it and every folder above
+    it); the system's temporary directory when none is (then only root's own tests can use the
+    copy, which is what test_staged_modules checks)."""
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        path = Path(candidate)
+        if path.is_dir() and _traversable_by_others(path):
+            return path
+    return Path(tempfile.gettempdir())
+
+
 def stage(source: Path = ROOT / "modules") -> Path:
     """A store-like copy of SOURCE (see the module's docstring); its path."""
-    top = Path(tempfile.mkdtemp(prefix="lemmy-cluster-store-"))
+    top = Path(tempfile.mkdtemp(prefix="lemmy-cluster-store-", dir=_parent()))
     top.chmod(0o755)  # mkdtemp makes it 0700
-    if not _traversable_by_others(top):
-        _remove(top)
-        raise RuntimeError(
-            f"{top.parent} is not open to other users (o+x on every folder up to it): set TMPDIR to a folder "
-            "that is, e.g. /tmp, so that the live tests can stage the module files for the postgres user"
-        )
     copy = top / source.name
     shutil.copytree(source, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     for folder, dirs, files in os.walk(copy, topdown=False):
