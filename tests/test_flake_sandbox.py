@@ -51,18 +51,20 @@ STDENV = {
     "file": "file",
     "bash": "bash sh",
 }
+# What the check adds to PATH besides Python (flake.nix: its nativeBuildInputs), by package.
+CHECK_INPUTS = {"graphviz": "dot", "gixy": "gixy"}
 THIS_TEST = "tests/test_flake_sandbox.py::test_the_non_live_tests_pass_in_the_flake_sandbox"
 
 
 def sandbox_path(folder: Path) -> Path:
-    """FOLDER/bin with `python` (this interpreter, with the test dependencies) and the stdenv
-    programs found on this machine."""
+    """FOLDER/bin with `python` (this interpreter, with the test dependencies), the stdenv
+    programs and those of the check's other inputs, as far as this machine has them."""
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True)
     python = bin_dir / "python"
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    for programs in STDENV.values():
+    for programs in [*STDENV.values(), *CHECK_INPUTS.values()]:
         for name in programs.split():
             found = shutil.which(name)
             if found:
@@ -157,3 +159,12 @@ def test_flake_python_inputs_match_pyproject(pyproject: dict[str, object]) -> No
     assert runtime | {"pytest", "hypothesis"} <= tests, (
         f"flake.nix pythonTestInputs lacks {sorted((runtime | {'pytest', 'hypothesis'}) - tests)} (pyproject.toml)"
     )
+
+
+def test_the_emulation_has_the_checks_inputs() -> None:
+    """The programs put on PATH above are those of the synth-tests check's nativeBuildInputs."""
+    flake = (ROOT / "flake.nix").read_text()
+    check = flake[flake.index("synth-tests =") :]
+    inputs = check[check.index("nativeBuildInputs = [") : check.index("];", check.index("nativeBuildInputs = ["))]
+    packages = set(re.findall(r"pkgs\.([\w-]+)", inputs)) - {"python3"}
+    assert packages == set(CHECK_INPUTS), f"flake.nix synth-tests has {sorted(packages)}; update CHECK_INPUTS"
