@@ -51,6 +51,8 @@
         backend = ./modules/backend;
         pictrs = ./modules/pictrs;
         postgres = ./modules/postgres;
+        etcd = ./modules/etcd;
+        pg-proxy = ./modules/pg-proxy;
         storage = ./modules/storage;
         default = ./modules;
       };
