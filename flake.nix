@@ -30,6 +30,8 @@
           (if builtins.pathExists hardware then hardware else ./modules/no-hardware.nix)
         ];
 
+      # pyproject.toml's dependencies and the test dependencies the non-live tests import
+      # (tests/test_flake_sandbox.py checks that they match).
       pythonTestInputs =
         ps: with ps; [
           pydantic
@@ -37,6 +39,7 @@
           tomlkit
           paramiko
           pytest-testinfra
+          cryptography
           pytest
           hypothesis
         ];
@@ -48,6 +51,9 @@
         backend = ./modules/backend;
         pictrs = ./modules/pictrs;
         postgres = ./modules/postgres;
+        etcd = ./modules/etcd;
+        pg-proxy = ./modules/pg-proxy;
+        storage = ./modules/storage;
         default = ./modules;
       };
 
@@ -75,6 +81,7 @@
             tomlkit
             paramiko
             pytest-testinfra
+            cryptography
           ];
           # `synth diagram` lays its pictures out with Graphviz's dot.
           makeWrapperArgs = [
@@ -131,13 +138,16 @@
         evalChecks
         // {
           # The Python test suite; tests that need nginx, PostgreSQL, namespaces or Nix itself skip
-          # in the sandbox (they run in the repository's CI, see .ci/run).
+          # in the sandbox (they run in the repository's CI, see .ci/run; tests/test_flake_sandbox.py
+          # runs this check's way there). gixy: the nginx checks of tests/test_gixy.py, with the
+          # gixy that nixpkgs' own nginx builds run.
           synth-tests =
             pkgs.runCommand "lemmy-cluster-synth-tests"
               {
                 nativeBuildInputs = [
                   (pkgs.python3.withPackages pythonTestInputs)
                   pkgs.graphviz
+                  pkgs.gixy
                 ];
                 # dot measures its labels with real fonts; the sandbox has none of its own.
                 FONTCONFIG_FILE = pkgs.makeFontsConf { fontDirectories = [ pkgs.dejavu_fonts ]; };

@@ -1,8 +1,8 @@
-# The nodes of the scenarios built on cluster.toml (cluster, frontend-failure, promotion), and
+# The nodes of the scenarios built on cluster/cluster.toml (cluster, frontend-failure, promotion), and
 # the test-script parameters read from their configuration.
 #
 # Node names decide the addresses: 192.168.1.N for the N-th name in alphabetical order
-# (app1 .1, client .2, db1 .3, db2 .4, fe1 .5, fe2 .6), which cluster.toml repeats.
+# (app1 .1, client .2, db1 .3, db2 .4, fe1 .5, fe2 .6), which cluster/cluster.toml repeats.
 { t }:
 let
   node =

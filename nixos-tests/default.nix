@@ -1,27 +1,26 @@
-# lemmy-cluster NixOS VM tests, one scenario per file; flake.nix exposes them as
-# checks.x86_64-linux.<scenario> (`nix flake check`, or
-# `nix build .#checks.x86_64-linux.<scenario> -L` for one). They need KVM.
+# lemmy-cluster NixOS VM tests; flake.nix exposes them as checks.x86_64-linux.<scenario>
+# (`nix flake check`, or `nix build .#checks.x86_64-linux.<scenario> -L` for one). They need KVM.
 #
-# Each scenario is <scenario>.nix (nodes, parameters) with its test script in <scenario>.py; the
-# machines are built from the host modules that synth generated from the test TOMLs:
-#   single.toml            -> single/hosts/            (single)
-#   cluster.toml           -> cluster/hosts/           (cluster, frontend-failure, promotion)
-#   cluster-promoted.toml  -> cluster-promoted/hosts/  (promotion: app1 after the failover)
-#   backends.toml          -> backends/hosts/          (backends)
-#   pictrs-shared.toml     -> pictrs-shared/hosts/     (pictrs-shared; its S3 server: s3.nix)
-#   storage.toml           -> storage/hosts/           (storage; node keys: garage-keys.nix)
-# Regenerate with `synth generate nixos-tests/<x>.toml --out nixos-tests/<x>` and commit.
+# One folder per scenario, found here by its test.nix (a new folder needs no edit of this file):
+#   <scenario>/test.nix      the scenario: nodes and the parameters its script reads from them
+#   <scenario>/test.py       its test script (lib.nix drops the lint header above the marker line)
+#   <scenario>/cluster.toml  the test cluster, when the scenario is built from one of its own
+#   <scenario>/hosts/        generated from it: `synth generate nixos-tests/<scenario>/cluster.toml`
+# frontend-failure and promotion boot the cluster of cluster/ (nodes in cluster-nodes.nix);
+# promotion/cluster.toml is that cluster after db2's promotion (app1's specialisation).
+# Shared pieces stay here at the top: lib.nix, lib.py, node.nix, secrets.nix, ...
 { pkgs, self }:
 let
   t = import ./lib.nix { inherit pkgs self; };
   args = { inherit pkgs t; };
+  entries = builtins.readDir ./.;
+  scenarios = builtins.filter (
+    name: entries.${name} == "directory" && builtins.pathExists (./. + "/${name}/test.nix")
+  ) (builtins.attrNames entries);
 in
-{
-  single = import ./single.nix args;
-  cluster = import ./cluster.nix args;
-  frontend-failure = import ./frontend-failure.nix args;
-  promotion = import ./promotion.nix args;
-  backends = import ./backends.nix args;
-  pictrs-shared = import ./pictrs-shared.nix args;
-  storage = import ./storage.nix args;
-}
+builtins.listToAttrs (
+  map (name: {
+    inherit name;
+    value = import (./. + "/${name}/test.nix") args;
+  }) scenarios
+)

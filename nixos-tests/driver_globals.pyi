@@ -1,16 +1,21 @@
-"""For ruff only: the names a scenario's test script finds already defined when the driver runs it.
+"""The names a scenario's test script finds already defined when the driver runs it.
 
-The NixOS test driver defines `start_all`, `subtest`, ... and one variable per node;
+The NixOS test driver defines `start_all`, `subtest`, ... and one variable per node, a
+QemuMachine (nixos-tests/driver/test_driver: a stub faithful to the driver's source);
 nixos-tests/lib.nix defines the parameters (read from the nodes' configuration) before the body.
-The scenario files import them from here in their lint header, which lib.nix drops.
+The scenario files import them from here in their lint header, which lib.nix drops, so that ruff
+and an editor know them. tests/test_vm_tests.py checks each scenario's script as the driver build
+does (nixos-tests/driver/README.md); every parameter a scenario passes must be declared here with
+its type.
 """
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+
+from test_driver.machine import QemuMachine
 
 # ---- the test driver
-Machine = Any
+Machine = QemuMachine
 start_all: Callable[[], None]
 subtest: Callable[[str], AbstractContextManager[None]]
 
@@ -55,7 +60,7 @@ UI_PORT: int
 PICTRS_PORT: int
 PICTRS_PROXY_PORT: int
 PICTRS_DB: str
-S3_TARGET: str
+S3_BUCKET: str
 PG_PORT: int
 PROMOTED_SYSTEM: str
 STORE1: str

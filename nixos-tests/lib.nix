@@ -2,10 +2,12 @@
 #
 # - clusterNode: a test node built like a real machine: the role modules
 #   (self.nixosModules.default) plus the host module that synth generated from a test TOML into
-#   nixos-tests/<x>/hosts/<machine>/default.nix, plus the test secrets and tools (node.nix).
+#   nixos-tests/<scenario>/hosts/<machine>/default.nix, plus the test secrets and tools (node.nix).
+# - testNode: a node with the role modules set by hand (no generated host module).
 # - clientNode: a machine outside the cluster that plays the user's browser.
 # - script: the test script the driver runs: lib.py, then the scenario's parameters (read from
-#   the nodes' configuration by the caller), then the scenario's .py file without its lint header.
+#   the nodes' configuration by the caller), then the scenario's test.py without its lint header.
+#   tests/test_vm_tests.py assembles the same text to check it as the driver build does.
 { pkgs, self }:
 let
   inherit (pkgs) lib;
@@ -32,7 +34,7 @@ let
     else
       builtins.toJSON v;
 
-  # The generated host module of MACHINE, from DIR (nixos-tests/<x>). The same path value must be
+  # The generated host module of MACHINE, from DIR (nixos-tests/<scenario>). The same path value must be
   # used wherever it is disabled again (see promotion.nix).
   hostModule = dir: machine: dir + "/hosts/${machine}/default.nix";
 in
@@ -56,6 +58,22 @@ in
       virtualisation.memorySize = memorySize;
     };
 
+  # A test node that runs role modules configured by hand instead of a generated host module
+  # (e.g. the one-node Garage of pictrs-shared), with the test secrets and tools of node.nix.
+  testNode =
+    {
+      modules,
+      memorySize ? 1024,
+    }:
+    {
+      imports = [
+        self.nixosModules.default
+        ./node.nix
+      ]
+      ++ modules;
+      virtualisation.memorySize = memorySize;
+    };
+
   clientNode =
     { pkgs, ... }:
     {
@@ -70,12 +88,22 @@ in
     {
       file,
       params ? { },
+      # Conditions on the nodes' configuration that the script relies on: { ok; msg; } each; the
+      # first one that fails stops the evaluation with its message.
+      checks ? [ ],
     }:
-    lib.concatStringsSep "\n" [
-      (builtins.readFile ./lib.py)
-      "# ---- parameters of this test, from the nodes' configuration (nixos-tests/lib.nix) ----"
-      (lib.concatStrings (lib.mapAttrsToList (name: value: "${name} = ${pythonLiteral value}\n") params))
-      "# ---- ${baseNameOf (toString file)} ----"
-      (body file)
-    ];
+    let
+      scenario = baseNameOf (dirOf file);
+      failed = lib.filter (c: !c.ok) checks;
+    in
+    if failed != [ ] then
+      throw "nixos-tests/${scenario}: ${(lib.head failed).msg}"
+    else
+      lib.concatStringsSep "\n" [
+        (builtins.readFile ./lib.py)
+        "# ---- parameters of this test, from the nodes' configuration (nixos-tests/lib.nix) ----"
+        (lib.concatStrings (lib.mapAttrsToList (name: value: "${name} = ${pythonLiteral value}\n") params))
+        "# ---- nixos-tests/${scenario}/${baseNameOf file} ----"
+        (body file)
+      ];
 }

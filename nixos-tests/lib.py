@@ -2,10 +2,12 @@
 
 nixos-tests/lib.nix puts this file first in every test script, then the scenario's parameters
 (addresses, ports, the domain: read from the nodes' configuration), then the scenario's body.
-The NixOS test driver type-checks (mypy) and lints (pyflakes) that whole script, so: no unused
-imports here, and nothing that only some driver versions have (plain `assert` rather than the
-newer `t.assertEqual`). Machine arguments are left unannotated because the driver's Machine class
-has been renamed between nixpkgs versions (Machine, QemuMachine).
+The NixOS test driver build type-checks (ty; mypy before nixpkgs PR #509615) and lints (ruff's
+pyflakes rules) that whole script, with its globals declared and every node typed QemuMachine;
+tests/test_vm_tests.py does the same here (nixos-tests/driver/). So: no unused imports here, and
+machine arguments annotated "QemuMachine" (a string: the driver defines the class for the type
+check only, and TYPE_CHECKING is false when the script runs), so that the checkers see every call
+of a machine method.
 """
 
 import base64
@@ -14,8 +16,11 @@ import json
 import shlex
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from test_driver.machine import QemuMachine
 
 
 class Response(NamedTuple):
@@ -48,7 +53,7 @@ def quote(*args: str) -> str:
 
 
 def http(
-    machine,
+    machine: "QemuMachine",
     url: str,
     *,
     host: str,
@@ -98,7 +103,7 @@ def expect_status(resp: Response, expected: int, what: str) -> None:
 
 
 def api(
-    machine,
+    machine: "QemuMachine",
     base: str,
     path: str,
     *,
@@ -119,12 +124,12 @@ def curl_ok(url: str, host: str) -> str:
     return quote("curl", "--fail", "--silent", "--show-error", "--max-time", "10", "--header", f"Host: {host}", url)
 
 
-def wait_for_http(machine, url: str, host: str, timeout: int = 600) -> None:
+def wait_for_http(machine: "QemuMachine", url: str, host: str, timeout: int = 600) -> None:
     """Wait until URL answers 2xx from MACHINE (Lemmy answers 503 while it runs migrations)."""
     machine.wait_until_succeeds(curl_ok(url, host), timeout=timeout)
 
 
-def login(machine, base: str, host: str, username: str, password: str) -> str:
+def login(machine: "QemuMachine", base: str, host: str, username: str, password: str) -> str:
     """Log in once and return the JWT. Login, registration and community creation share one rate
     limit of 3 per hour per client address (Lemmy's default): reuse the token."""
     answer = api(
@@ -140,13 +145,13 @@ def login(machine, base: str, host: str, username: str, password: str) -> str:
     return str(jwt)
 
 
-def port_open(machine, addr: str, port: int, seconds: int = 5) -> bool:
+def port_open(machine: "QemuMachine", addr: str, port: int, seconds: int = 5) -> bool:
     """Whether MACHINE can open a TCP connection to ADDR:PORT (a dropped SYN times out)."""
     rc, _ = machine.execute(f"timeout {seconds + 2} nc -z -w {seconds} {shlex.quote(addr)} {port}")
     return rc == 0
 
 
-def expect_port(machine, addr: str, port: int, reachable: bool, what: str) -> None:
+def expect_port(machine: "QemuMachine", addr: str, port: int, reachable: bool, what: str) -> None:
     got = port_open(machine, addr, port)
     state = {True: "reachable", False: "unreachable"}
     assert got == reachable, f"{what}: expected {addr}:{port} {state[reachable]} from {machine.name}, got {state[got]}"
@@ -157,7 +162,7 @@ def psql_command(sql: str, database: str = "postgres") -> str:
     return quote("runuser", "-u", "postgres", "--", "psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql)
 
 
-def psql(machine, sql: str, database: str = "postgres") -> str:
+def psql(machine: "QemuMachine", sql: str, database: str = "postgres") -> str:
     """Run SQL as the postgres superuser on MACHINE; return its output."""
     return str(machine.succeed(psql_command(sql, database))).strip()
 
@@ -179,17 +184,17 @@ def png(width: int, height: int) -> bytes:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_file(machine, path: str, data: bytes) -> None:
+def write_file(machine: "QemuMachine", path: str, data: bytes) -> None:
     encoded = base64.b64encode(data).decode()
     machine.succeed(f"printf %s {encoded} | base64 -d > {shlex.quote(path)}")
 
 
-def file_head(machine, path: str, n: int) -> bytes:
+def file_head(machine: "QemuMachine", path: str, n: int) -> bytes:
     return base64.b64decode(machine.succeed(f"head -c {n} {shlex.quote(path)} | base64 -w0").strip())
 
 
 @contextlib.contextmanager
-def journal_on_failure(machine, *units: str) -> Iterator[None]:
+def journal_on_failure(machine: "QemuMachine", *units: str) -> Generator[None]:
     """On an exception, print the last journal lines of UNITS on MACHINE, then re-raise."""
     try:
         yield
@@ -203,7 +208,7 @@ def journal_on_failure(machine, *units: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------- cluster start-up
 
 
-def start_cluster(primary, replica, others: Sequence[Any]) -> None:
+def start_cluster(primary: "QemuMachine", replica: "QemuMachine", others: Sequence[Any]) -> None:
     """Boot the PostgreSQL primary first, then everything else.
 
     The replica clones the primary once, at boot (lemmy-cluster-pg-bootstrap.service), and that
@@ -220,7 +225,7 @@ def start_cluster(primary, replica, others: Sequence[Any]) -> None:
         replica.wait_for_unit("postgresql.service")
 
 
-def wait_for_backend(machine, addr: str, port: int, host: str) -> None:
+def wait_for_backend(machine: "QemuMachine", addr: str, port: int, host: str) -> None:
     """pict-rs and lemmy_server up, and the API past its migrations (it answers 503 until then)."""
     with journal_on_failure(machine, "lemmy.service", "pict-rs.service"):
         machine.wait_for_unit("pict-rs.service")
@@ -228,7 +233,7 @@ def wait_for_backend(machine, addr: str, port: int, host: str) -> None:
         wait_for_http(machine, f"http://{addr}:{port}/api/v3/site", host)
 
 
-def wait_for_frontend(machine, host: str) -> None:
+def wait_for_frontend(machine: "QemuMachine", host: str) -> None:
     """nginx and lemmy-ui up, and a page rendered (lemmy-ui answers 500 while the API is down)."""
     with journal_on_failure(machine, "nginx.service", "lemmy-ui.service"):
         machine.wait_for_unit("nginx.service")
@@ -239,7 +244,7 @@ def wait_for_frontend(machine, host: str) -> None:
 # ---------------------------------------------------------------------------- pict-rs images
 
 
-def upload_image(client, fe: str, domain: str, path: str, jwt: str, what: str) -> str:
+def upload_image(client: "QemuMachine", fe: str, domain: str, path: str, jwt: str, what: str) -> str:
     """Upload the PNG at PATH on CLIENT through the frontend FE (`Host: DOMAIN`); return pict-rs's
     alias (the file name)."""
     resp = http(
@@ -261,7 +266,7 @@ def upload_image(client, fe: str, domain: str, path: str, jwt: str, what: str) -
     return alias
 
 
-def fetch_image(client, fe: str, domain: str, alias: str, what: str) -> None:
+def fetch_image(client: "QemuMachine", fe: str, domain: str, alias: str, what: str) -> None:
     """GET /pictrs/image/ALIAS on CLIENT through the frontend FE (`Host: DOMAIN`): HTTP 200 and a PNG."""
     client.succeed("rm -f /tmp/download")
     rc, out = client.execute(

@@ -26,7 +26,7 @@ in
         in its generated host module, but the test framework gives it
         ${config.networking.primaryIPAddress}: node N of the alphabetically sorted node names
         (the `client` node included) is 192.168.1.N. Fix the address in the test TOML and run
-        `synth generate nixos-tests/<x>.toml --out nixos-tests/<x>`.
+        `synth generate nixos-tests/<scenario>/cluster.toml`.
       '';
     }
   ];

@@ -1,7 +1,6 @@
 # How the value of every test-only secret is derived: from a fixed seed and the secret file's
 # NAME, so that any machine of a VM test can compute the value another machine holds.
-# Used by secrets.nix (the lemmy-cluster machines) and s3.nix (the S3 server, whose root
-# credentials are the S3 keys the pict-rs machines read).
+# Used by secrets.nix on every node of a VM test.
 #
 # The seed is in the Nix store, which is world-readable: acceptable ONLY because these are tests
 # whose machines live for minutes and hold nothing. The values themselves are computed at boot
@@ -15,8 +14,7 @@ in
   # Shell code defining `test_secret NAME [FORMAT]`, which prints the value of the secret file
   # named NAME, no newline, in FORMAT (the format the real secret has, so that what checks it
   # accepts it):
-  #   hex32 (default): 32 hex characters (Lemmy wants 10 to 60 for the admin password; MinIO at
-  #     least 3 for an access key and 8 for a secret key);
+  #   hex32 (default): 32 hex characters (Lemmy wants 10 to 60 for the admin password);
   #   hex64: 64 hex characters (Garage's rpc_secret; a secret key that Garage imports);
   #   garage-key-id: "GK" and 24 hex characters (an access key id that Garage imports).
   # The hex characters are the first ones of sha256(seed ":" NAME). Machines that share a secret

@@ -6,15 +6,17 @@
 # the same secret (the db password on the backend and on PostgreSQL, the pict-rs key on the
 # backend and pict-rs), so each value is derived from a fixed seed and the file's name.
 #
-# The derivation (seed and name) is in secret-values.nix, shared with s3.nix: the seed is in the
+# The derivation (seed and name) is in secret-values.nix: the seed is in the
 # Nix store, which is world-readable, acceptable ONLY because this is a test whose machines live
 # for minutes and hold nothing. The derived values themselves never pass through Nix, so the
 # `single` test can check that no secret value is in the store.
 #
 # Each value has the format that the real secret has where something checks it: Garage's
-# rpc_secret is 64 hex digits, and where pict-rs's S3 key is imported into the cluster's Garage
-# (storage machines, and pict-rs machines balancing them) the access key id is "GK" and 24 hex
-# digits and the secret key 64 hex digits, as `synth secrets init` makes them.
+# rpc_secret is 64 hex digits, and pict-rs's S3 key is imported into a Garage in every VM test
+# that uses object storage (the cluster's storage machines, or the one-node Garage of
+# pictrs-shared), so on the machines that import it and on every pict-rs machine with
+# store = "object_storage" the access key id is "GK" and 24 hex digits and the secret key 64 hex
+# digits, as `synth secrets init` makes them.
 #
 # The exception: a storage machine's Garage node key is an ed25519 key that the test TOML names
 # by its public half (garage_node_id), so it cannot be derived at boot; it is the TEST-ONLY key
@@ -70,8 +72,8 @@ let
   );
 
   # test_secret's format of each file (secret-values.nix); hex32 when not listed. pict-rs's S3 key
-  # is in Garage's formats where the cluster's Garage imports it: on the storage machine that runs
-  # the setup, and on the pict-rs machines that balance the storage machines.
+  # is in Garage's formats where a Garage imports it (the storage machine that runs the setup) and
+  # on every pict-rs machine that uses object storage (the S3 server of every VM test is Garage).
   formats = lib.listToAttrs (
     map (x: lib.nameValuePair x.file x.format) (
       lib.filter (x: x.file != null) (
@@ -89,7 +91,7 @@ let
             format = "hex64";
           }
         ]
-        ++ lib.optionals (lc.pictrs.enable && lc.pictrs.s3Upstreams != [ ]) [
+        ++ lib.optionals (lc.pictrs.enable && pictrsShared) [
           {
             file = lc.pictrs.objectStorage.accessKeyFile;
             format = "garage-key-id";

@@ -649,6 +649,7 @@ def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
                 )
         elif not _is_ip(m.private_address):
             p.append(Problem(dotted((*base, "private_address")), f"{m.private_address!r} is not an IP address"))
+        p += _check_frontend_ipv4(name, m)
         if not m.roles:
             p.append(Problem(dotted((*base, "roles")), f"give at least one role: {', '.join(ROLES)}"))
         seen: set[str] = set()
@@ -681,6 +682,26 @@ def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
             else:
                 private[priv] = name
     return p
+
+
+def _check_frontend_ipv4(name: str, m: Machine) -> list[Problem]:
+    """A frontend's lemmy-ui listens on the machine's private address, which it reads from
+    LEMMY_UI_HOST with `.split(":")` (lemmy-ui's server): an IPv6 address cannot be given to it."""
+    priv = _private(m)
+    if "frontend" not in m.roles or not _is_ip(priv) or ipaddress.ip_address(priv).version != 6:
+        return []
+    why = (
+        "but lemmy-ui (role frontend) listens on the private address and cannot take an IPv6 one "
+        "(it splits LEMMY_UI_HOST at ':'): give the machine an IPv4 private_address"
+    )
+    if m.private_address is not None:
+        return [Problem(dotted(("machines", name, "private_address")), f"{priv} is an IPv6 address, {why}")]
+    return [
+        Problem(
+            dotted(("machines", name, "address")),
+            f"{priv} is the private address (no private_address is given) and an IPv6 address, {why}",
+        )
+    ]
 
 
 # Garage's capacity syntax (the bytesize crate), restricted to what reads unambiguously:

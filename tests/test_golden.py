@@ -56,8 +56,9 @@ def test_generation_is_deterministic() -> None:
 def drift_targets() -> list[tuple[Path, Path]]:
     """(cluster file, output folder) pairs whose generated hosts/ are committed in the repo."""
     pairs = [(ROOT / "cluster.toml", ROOT)]
-    for toml in sorted((ROOT / "nixos-tests").glob("*.toml")):
-        pairs.append((toml, toml.parent / toml.stem))
+    # nixos-tests/<scenario>/cluster.toml -> nixos-tests/<scenario>/hosts
+    for toml in sorted((ROOT / "nixos-tests").glob("*/cluster.toml")):
+        pairs.append((toml, toml.parent))
     return pairs
 
 

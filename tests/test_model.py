@@ -391,3 +391,22 @@ def test_etcd_section_refused_without_automatic_failover() -> None:
 def test_unknown_failover_mode() -> None:
     msg = one(BASE.replace("version = 17", 'version = 17\nfailover = "auto"'))
     assert msg.startswith("c.toml: postgres.failover: invalid value 'auto'; expected one of 'automatic' or 'manual'")
+
+
+def test_a_frontend_needs_an_ipv4_private_address() -> None:
+    """lemmy-ui reads its listen address from LEMMY_UI_HOST with `.split(":")`: an IPv6 address
+    leaves it without a port. A frontend's private address must be IPv4."""
+    msg = one(BASE.replace('address = "10.0.0.1"', 'address = "2001:db8::1"'))
+    assert "machines.fe1.address: 2001:db8::1 is the private address (no private_address is given)" in msg, msg
+    assert "lemmy-ui" in msg and "IPv4 private_address" in msg, msg
+    msg = one(BASE.replace('address = "10.0.0.1"', 'address = "10.0.0.1"\nprivate_address = "fd00::1"'))
+    assert "machines.fe1.private_address: fd00::1 is an IPv6 address" in msg, msg
+    ok = BASE.replace('address = "10.0.0.1"', 'address = "2001:db8::1"\nprivate_address = "10.0.0.1"')
+    assert parse(ok).private_address("fe1") == "10.0.0.1"
+
+
+def test_other_roles_take_an_ipv6_private_address() -> None:
+    """pict-rs (its module writes the bracketed [address]:port that pict-rs parses), the backend
+    and PostgreSQL listen on IPv6 private addresses."""
+    c = parse(BASE.replace('address = "10.0.0.2"', 'address = "10.0.0.2"\nprivate_address = "fd00::2"'))
+    assert c.private_address("app1") == "fd00::2"

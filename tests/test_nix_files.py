@@ -59,3 +59,18 @@ def test_generated_hosts_read_back_as_intended(example: str) -> None:
     for name, h in plans.items():
         assert nix_eval_file(golden / name / "default.nix") == host_data(cluster, h), name
     assert nix_eval_file(golden / "machines.nix") == machines_data(cluster, plans)
+
+
+def test_the_flake_exports_every_role_module() -> None:
+    """nixosModules has one output per role module (every modules/<role>/default.nix), which
+    modules/default.nix imports too, so a NixOS user can take a single role."""
+    import re
+
+    flake = (ROOT / "flake.nix").read_text()
+    block = flake[flake.index("nixosModules = {") : flake.index("};", flake.index("nixosModules = {"))]
+    exported = dict(re.findall(r"^\s*([a-z-]+) = \./modules(?:/([\w.-]+))?;", block, re.M))
+    roles = sorted(p.parent.name for p in (ROOT / "modules").glob("*/default.nix"))
+    missing = [r for r in roles if exported.get(r) != r]
+    assert not missing, f"flake.nix nixosModules lacks {missing} (= ./modules/<role>)"
+    imports = (ROOT / "modules" / "default.nix").read_text()
+    assert all(f"./{r}\n" in imports for r in roles), "modules/default.nix imports every role module"

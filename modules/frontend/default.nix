@@ -22,7 +22,7 @@ let
   top = config.services.lemmy-cluster;
   inherit (lib) mkOption types;
 
-  inherit (import ../lib.nix { inherit lib; }) hostPort;
+  inherit (import ../lib.nix { inherit lib; }) hostPort isIPv6;
   localUi = hostPort cfg.uiListenAddress cfg.uiPort;
   health = {
     max_fails = cfg.maxFails;
@@ -91,7 +91,10 @@ in
       type = types.str;
       default = top.privateAddress;
       defaultText = lib.literalExpression "config.services.lemmy-cluster.privateAddress";
-      description = "Address lemmy-ui listens on (the other frontends use it as a backup).";
+      description = ''
+        Address lemmy-ui listens on (the other frontends use it as a backup). IPv4 only: lemmy-ui
+        reads it from LEMMY_UI_HOST with `split(":")`.
+      '';
     };
     uiPort = mkOption {
       type = types.port;
@@ -144,6 +147,10 @@ in
 
   config = lib.mkIf (top.enable && cfg.enable) {
     assertions = [
+      {
+        assertion = !isIPv6 cfg.uiListenAddress;
+        message = "services.lemmy-cluster.frontend.uiListenAddress is ${cfg.uiListenAddress}, an IPv6 address: lemmy-ui splits LEMMY_UI_HOST at ':' and cannot listen on it. Give the machine an IPv4 privateAddress (or set uiListenAddress to one).";
+      }
       {
         # lemmy-ui 0.19's environment variables (LEMMY_UI_LEMMY_INTERNAL_HOST, ...); 1.0 renamed them.
         assertion = lib.versions.majorMinor cfg.uiPackage.version == "0.19";

@@ -29,7 +29,7 @@ in
       type = types.str;
       default = top.privateAddress;
       defaultText = lib.literalExpression "config.services.lemmy-cluster.privateAddress";
-      description = "Address pict-rs listens on (IPv4, as nixpkgs' pict-rs module expects).";
+      description = "Address pict-rs listens on (IPv4 or IPv6).";
     };
     port = mkOption {
       type = types.port;
@@ -162,6 +162,11 @@ in
         message = "services.lemmy-cluster.pictrs.s3Upstreams is set, so pict-rs must use the local S3 balancer: set objectStorage.endpoint to \"http://127.0.0.1:${toString cfg.s3ProxyPort}\".";
       }
       {
+        # s3-balancer.conf rebuilds the Host header pict-rs signed as $host:$server_port.
+        assertion = cfg.s3Upstreams == [ ] || cfg.s3ProxyPort != 80;
+        message = "services.lemmy-cluster.pictrs.s3ProxyPort is 80: pict-rs then signs its S3 requests for the Host 127.0.0.1 without a port, but the S3 balancer sends 127.0.0.1:80 on, so Garage refuses every signature. Pick another port (the default is 3909).";
+      }
+      {
         assertion = !(lib.hasPrefix "/nix/store" cfg.apiKeyFile);
         message = "services.lemmy-cluster.pictrs.apiKeyFile points into the Nix store, which is world-readable; keep the key in a root-owned file outside it.";
       }
@@ -182,17 +187,24 @@ in
       ++ lib.optional config.services.lemmy-cluster.pgProxy.enable "haproxy.service";
       wants = [ "network-online.target" ];
       path = lib.optional shared pkgs.jq;
-      environment = lib.mkIf shared {
-        # nixpkgs' module always sets the sled and file paths; drop them (null = unset).
-        PICTRS__REPO__PATH = lib.mkForce null;
-        PICTRS__STORE__PATH = lib.mkForce null;
-        PICTRS__REPO__TYPE = "postgres";
-        PICTRS__STORE__TYPE = "object_storage";
-        PICTRS__STORE__ENDPOINT = cfg.objectStorage.endpoint;
-        PICTRS__STORE__BUCKET_NAME = cfg.objectStorage.bucket;
-        PICTRS__STORE__REGION = cfg.objectStorage.region;
-        PICTRS__STORE__USE_PATH_STYLE = lib.boolToString cfg.objectStorage.usePathStyle;
-      };
+      environment = lib.mkMerge [
+        {
+          # nixpkgs' module writes "address:port", which pict-rs cannot parse for an IPv6
+          # address; the bracketed form works for both.
+          PICTRS__SERVER__ADDRESS = lib.mkForce (hostPort cfg.listenAddress cfg.port);
+        }
+        (lib.mkIf shared {
+          # nixpkgs' module always sets the sled and file paths; drop them (null = unset).
+          PICTRS__REPO__PATH = lib.mkForce null;
+          PICTRS__STORE__PATH = lib.mkForce null;
+          PICTRS__REPO__TYPE = "postgres";
+          PICTRS__STORE__TYPE = "object_storage";
+          PICTRS__STORE__ENDPOINT = cfg.objectStorage.endpoint;
+          PICTRS__STORE__BUCKET_NAME = cfg.objectStorage.bucket;
+          PICTRS__STORE__REGION = cfg.objectStorage.region;
+          PICTRS__STORE__USE_PATH_STYLE = lib.boolToString cfg.objectStorage.usePathStyle;
+        })
+      ];
       serviceConfig = {
         LoadCredential = [
           "api-key:${cfg.apiKeyFile}"

@@ -41,13 +41,14 @@ from typing import Any
 from synth.model import Cluster, etcd_members
 from synth.render import host_data
 from synth.topology import SECRET_FILES, plan
-from tests.live import nixeval
+from tests.live import nixeval, staged
 from tests.live.netns import Host, Network
 from tests.live.pg import PG_BIN, SYS_PATH, _pg_ids, as_pg, children, chown_pg, random_password
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "modules"
-PG_SCRIPTS = MODULES / "postgres" / "scripts"
+# Run as the postgres user: from the store-like copy of modules/ (tests/live/staged.py).
+PG_SCRIPTS = staged.MODULES / "postgres" / "scripts"
 PATRONI_VERSION = "4.1.4"  # nixpkgs' patroni on the pinned NixOS
 PATRONI_VENV = Path(os.environ.get("LC_PATRONI_VENV", f"/opt/lemmy-cluster-test/patroni-{PATRONI_VERSION}"))
 PATRONI = PATRONI_VENV / "bin" / "patroni"

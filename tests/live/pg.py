@@ -39,9 +39,11 @@ from synth.render import host_data
 from synth.topology import REPLICATION_USER, plan
 from tests.live import nixeval
 from tests.live.netns import Host, Network
+from tests.live.staged import MODULES
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "modules" / "postgres" / "scripts"
+# Run as the postgres user: from the store-like copy of modules/ (tests/live/staged.py).
+SCRIPTS = MODULES / "postgres" / "scripts"
 CLUSTER_TOML = Path(__file__).with_name("pg-cluster.toml")
 PG_BIN = Path(os.environ.get("LC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"

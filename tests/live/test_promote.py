@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from synth.model import load
-from tests.conftest import ROOT, require, require_root, require_tool
+from tests.conftest import require, require_root, require_tool
 from tests.live import pg
 from tests.live.netns import Network
 from tests.live.pg import PgLab
 from tests.live.ssh import SshKeys, start_sshd
+from tests.live.staged import MODULES
 
 pytestmark = pytest.mark.live
 
@@ -40,7 +41,7 @@ class Promote:
         psql = pg.PG_BIN / "psql"
         check = f"runuser -u postgres -- {psql} -h {srv.run_dir} -p 5432 -XAtc 'SELECT pg_is_in_recovery()'"
         promote = (
-            f"runuser -u postgres -- bash {ROOT}/modules/postgres/scripts/promote.sh "
+            f"runuser -u postgres -- bash {MODULES}/postgres/scripts/promote.sh "
             f"--host {srv.run_dir} --port 5432 --bin-dir {pg.PG_BIN} --slots db1"
         )
         return ["--check-command", check, "--promote-command", promote]
