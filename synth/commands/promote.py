@@ -3,8 +3,9 @@
 Under Patroni (automatic failover): a planned switchover. On MACHINE over SSH,
 `lemmy-cluster-pg-switchover MACHINE` (modules/postgres/scripts/switchover.sh) asks Patroni to move
 the leadership there; it refuses a member that does not stream from the leader (in synchronous
-mode: that is not the synchronous standby) and does nothing when MACHINE leads already. The clients follow by themselves and the cluster file does not change
-(`[postgres] primary` only says which member created the cluster).
+mode: that is not the synchronous standby) and does nothing when MACHINE leads already. The
+clients follow by themselves and the cluster file does not change (`[postgres] primary` only says
+which member created the cluster).
 
 With manual failover:
 1. refuse a machine that is not a postgres machine or is not a healthy replica (PostgreSQL answers

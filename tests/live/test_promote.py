@@ -143,5 +143,7 @@ def test_promote_refuses_a_machine_that_is_not_a_healthy_replica(promote_lab: Pr
     assert r.returncode == 1, r.stdout + r.stderr
     assert "db1 is not a healthy replica" in r.stderr, r.stderr
     assert promote_lab.cluster_file.read_text() == before, "the cluster file is untouched"
+    # Promoting the primary is nothing to do, not an error, and touches nothing.
     r = promote_lab.synth("promote", "db2", *promote_lab.remote_commands("db2"))
-    assert r.returncode == 1 and "db2 is already the primary" in r.stderr, r.stderr
+    assert r.returncode == 0 and "db2 is already the primary; nothing to do." in r.stdout, r.stdout + r.stderr
+    assert promote_lab.cluster_file.read_text() == before
