@@ -46,8 +46,12 @@ lint: setup
 	$(BIN)/ruff format --check synth tests nixos-tests scripts
 	$(BIN)/mypy synth
 
+# Workers: the live tests mostly wait on engines (Patroni's timings, etcd, TCP timeouts), so more
+# than the cores; tests that share a network namespace layout share an xdist group.
+JOBS ?= 4
+
 test: system-deps setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 bench: setup
 	bash scripts/install-system-deps.sh --bench

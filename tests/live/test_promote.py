@@ -26,7 +26,8 @@ from tests.live.pg import PgLab
 from tests.live.ssh import SshKeys, start_sshd
 from tests.live.staged import MODULES
 
-pytestmark = pytest.mark.live
+# The same hosts, bridge and subnet as test_postgres.py (tests/live/pg.py): never at the same time.
+pytestmark = [pytest.mark.live, pytest.mark.xdist_group("pg-network")]
 
 
 @dataclass
