@@ -135,13 +135,21 @@ def test_install_node_key_repairs_the_public_key_file(tmp_path: Path, pub: bytes
 # ---- garage-setup.sh, on the fake garage ----
 
 
-def new_id() -> str:
-    return garage.new_node_key()[32:].hex()
+def fixed_id(n: int) -> str:
+    """A node id that is the same at every collection (pytest-xdist's workers must agree on the
+    test ids, which these ids are part of): the public key of a seed derived from N."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    seed = hashlib.sha256(f"lemmy-cluster test storage machine {n}".encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
 # Four storage machines: (id, zone, capacity as given to the script, the bytes Garage makes of it)
 SIZES = [("500G", 500 * 10**9), ("1T", 10**12), ("2TB", 2 * 10**12), ("750G", 750 * 10**9)]
-MACHINES = [(new_id(), f"dc{n}", cap, size) for n, (cap, size) in enumerate(SIZES, 1)]
+MACHINES = [(fixed_id(n), f"dc{n}", cap, size) for n, (cap, size) in enumerate(SIZES, 1)]
 A, B, C, D = (m[0] for m in MACHINES)
 
 
