@@ -47,11 +47,12 @@ lint: setup
 	$(BIN)/mypy synth
 
 # Workers: the live tests mostly wait on engines (Patroni's timings, etcd, TCP timeouts), so more
-# than the cores; tests that share a network namespace layout share an xdist group.
+# than the cores. Each test file runs on one worker (--dist loadfile): a live test module's tests
+# share its hosts, and every module has a subnet, bridge and namespace prefix of its own.
 JOBS ?= 4
 
 test: system-deps setup lint
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
 
 bench: setup
 	bash scripts/install-system-deps.sh --bench

@@ -37,12 +37,3 @@ def require_tool(name: str) -> str:
 def require_root() -> None:
     require(os.geteuid() == 0, "needs root (network namespaces); CI runs as root")
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist (`make test`): every live test module stays on one worker, since its
-    tests share a module fixture (hosts, a bridge, namespaces). A module may name its own group to
-    share a worker with another one (test_postgres.py and test_promote.py use the same hosts)."""
-    for item in items:
-        if item.get_closest_marker("live") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))

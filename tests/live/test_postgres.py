@@ -40,8 +40,6 @@ from tests.live.ssh import SshKeys, start_sshd
 
 pytestmark = [
     pytest.mark.live,
-    # The same hosts, bridge and subnet as test_promote.py (tests/live/pg.py): never at the same time.
-    pytest.mark.xdist_group("pg-network"),
     # testinfra's paramiko connection does not know the test hosts' throwaway host key.
     pytest.mark.filterwarnings("ignore:Unknown ssh-ed25519 host key:UserWarning"),
 ]

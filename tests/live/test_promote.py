@@ -26,8 +26,7 @@ from tests.live.pg import PgLab
 from tests.live.ssh import SshKeys, start_sshd
 from tests.live.staged import MODULES
 
-# The same hosts, bridge and subnet as test_postgres.py (tests/live/pg.py): never at the same time.
-pytestmark = [pytest.mark.live, pytest.mark.xdist_group("pg-network")]
+pytestmark = pytest.mark.live
 
 
 @dataclass
@@ -67,10 +66,12 @@ def promote_lab() -> Iterator[Promote]:
     workdir = Path(tempfile.mkdtemp(prefix="lcpromote-", dir="/tmp"))
     workdir.chmod(0o755)
     try:
+        # pg-cluster.toml on a subnet, bridge and namespace prefix of its own, so that this module
+        # runs beside test_postgres.py (make test runs test files in parallel).
         cluster_file = workdir / "cluster.toml"
-        shutil.copy(pg.CLUSTER_TOML, cluster_file)
-        with Network(pg.NETWORK, bridge=pg.BRIDGE, prefix=pg.NS_PREFIX) as net:
-            lab = PgLab(net, workdir / "lab", pg.load_cluster())
+        cluster_file.write_text(pg.CLUSTER_TOML.read_text().replace("10.232.0.", "10.246.0."))
+        with Network("10.246.0.0/24", bridge="lcbr-pm", prefix="lcm-") as net:
+            lab = PgLab(net, workdir / "lab", pg.load_cluster(cluster_file))
             for machine in ("db1", "db2", "app1"):
                 lab.host(machine)
             keys = SshKeys.create(workdir / "ssh")
