@@ -36,4 +36,3 @@ def require_tool(name: str) -> str:
 
 def require_root() -> None:
     require(os.geteuid() == 0, "needs root (network namespaces); CI runs as root")
-
