@@ -112,7 +112,7 @@ def live() -> Iterator[Live]:
     workdir = Path(tempfile.mkdtemp(prefix="lcpat-", dir="/tmp"))
     cluster = load_cluster(CLUSTER_TOML, synchronous=True)
     try:
-        with Network("10.236.0.0/24", bridge="lcbr-pa", prefix="lca-") as net:
+        with Network("10.247.0.0/24", bridge="lcbr-pa", prefix="lca-") as net:
             lab = PatroniLab(net, workdir, cluster)
             try:
                 lab.start_etcd()
@@ -310,7 +310,7 @@ def test_a_new_configuration_is_reloaded_without_moving_the_leader(live: Live) -
     lab = live.lab
     leader = lab.wait_leader()
     data = lab.cluster.model_dump()
-    data["machines"]["app2"] = {"address": "10.236.0.22", "roles": ["backend"]}
+    data["machines"]["app2"] = {"address": "10.247.0.22", "roles": ["backend"]}
     from synth.model import from_data
 
     lab.cluster = from_data(data, "patroni-cluster.toml + app2")
@@ -319,9 +319,9 @@ def test_a_new_configuration_is_reloaded_without_moving_the_leader(live: Live) -
             lab.reload_patroni(name)
     hba = lab.members[leader].data / "pg_hba.conf"
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "10.236.0.22/32" not in hba.read_text():
+    while time.monotonic() < deadline and "10.247.0.22/32" not in hba.read_text():
         time.sleep(0.2)
-    assert "host lemmy lemmy 10.236.0.22/32 scram-sha-256" in hba.read_text().splitlines()
+    assert "host lemmy lemmy 10.247.0.22/32 scram-sha-256" in hba.read_text().splitlines()
     assert lab.leader() == leader, "a reload must not hand the leadership over"
     # ... and is in effect in the running server: the new backend logs in.
     app2 = lab.member("app2").host
