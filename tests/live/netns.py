@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class Host:
         self.procs.clear()
 
 
+class NetworkInUse(RuntimeError):
+    """Another live test (another pytest worker) has a Network with the same subnet, bridge or prefix."""
+
+
 class Network:
     def __init__(self, cidr: str, bridge: str = "lcbr0", prefix: str = "lc-") -> None:
         self.net = ipaddress.ip_network(cidr)
@@ -68,8 +73,40 @@ class Network:
         self.prefix = prefix
         self.hosts: dict[str, Host] = {}
         self.gateway = str(next(self.net.hosts()))
+        self._locks: list[Any] = []
+
+    def _lock(self) -> None:
+        """Hold a lock per subnet, bridge and namespace prefix while the Network exists: two live
+        test modules that share one (make test runs them in parallel) would tear down each other's
+        hosts, so the second one fails at once, saying with what."""
+        import fcntl
+        import tempfile
+        from pathlib import Path
+
+        # Per network namespace of the test run (runs in separate namespaces do not collide).
+        here = os.readlink("/proc/self/ns/net").strip("net:[]")
+        folder = Path(tempfile.gettempdir()) / f"lemmy-cluster-netns-locks-{here}"
+        folder.mkdir(exist_ok=True)
+        for kind, value in (("subnet", str(self.net)), ("bridge", self.bridge), ("prefix", self.prefix)):
+            f = (folder / f"{kind}-{value.replace('/', '_')}").open("w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                self._unlock()
+                raise NetworkInUse(
+                    f"another live test uses the {kind} {value} right now; give each test module a subnet, "
+                    "bridge and namespace prefix of its own"
+                ) from None
+            self._locks.append(f)
+
+    def _unlock(self) -> None:
+        for f in self._locks:
+            f.close()
+        self._locks.clear()
 
     def __enter__(self) -> Network:
+        self._lock()
         self.cleanup()
         sh(["ip", "link", "add", self.bridge, "type", "bridge"])
         sh(["ip", "addr", "add", f"{self.gateway}/{self.net.prefixlen}", "dev", self.bridge])
@@ -77,7 +114,10 @@ class Network:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+        try:
+            self.cleanup()
+        finally:
+            self._unlock()
 
     def add(self, name: str, address: str) -> Host:
         ns = f"{self.prefix}{name}"
