@@ -32,6 +32,7 @@ let
   values = import ./secret-values.nix;
   garageKeys = import ./garage-keys.nix;
   pictrsShared = lc.pictrs.store == "object_storage";
+  patroni = lc.postgres.enable && lc.postgres.patroni.enable;
   storage = lc.storage.enable;
 
   files = lib.unique (
@@ -59,6 +60,13 @@ let
       ++ lib.optional (
         lc.postgres.pictrsDatabase.enable && lc.postgres.pictrsDatabase.passwordFile != null
       ) lc.postgres.pictrsDatabase.passwordFile
+      # Under Patroni: the superuser's, pg_rewind's and the REST API's passwords (the same on
+      # every member, like every value here).
+      ++ lib.optionals patroni [
+        lc.postgres.patroni.superuserPasswordFile
+        lc.postgres.patroni.rewindPasswordFile
+        lc.postgres.patroni.restApiPasswordFile
+      ]
     )
     ++ lib.optionals storage (
       [ lc.storage.rpcSecretFile ]
@@ -112,17 +120,23 @@ let
       or (throw "nixos-tests: storage machine ${hostName} has no test node key in nixos-tests/garage-keys.nix");
 
   # Every unit that reads one of the files (pict-rs.service: also the repository password and
-  # the S3 keys; lemmy-cluster-pg-setup.service: also pict-rs's database password).
+  # the S3 keys; lemmy-cluster-pg-setup.service and lemmy-cluster-patroni-setup.service: also
+  # pict-rs's database password).
   consumers =
     lib.optional lc.backend.enable "lemmy.service"
     ++ lib.optional (lc.backend.enable && lc.backend.federation.sending == "dedicated") "lemmy-federate.service"
     ++ lib.optional lc.pictrs.enable "pict-rs.service"
-    ++ lib.optionals lc.postgres.enable [
+    ++ lib.optionals (lc.postgres.enable && !patroni) [
       "lemmy-cluster-pg-passfile.service"
       "lemmy-cluster-pg-setup.service"
       "postgresql.service"
     ]
     ++ lib.optional (lc.postgres.enable && lc.postgres.role == "replica") "lemmy-cluster-pg-bootstrap.service"
+    ++ lib.optionals patroni [
+      "patroni.service"
+      "lemmy-cluster-patroni-config.service"
+      "lemmy-cluster-patroni-setup.service"
+    ]
     ++ lib.optional storage "garage.service"
     ++ lib.optional (storage && lc.storage.setup.enable) "lemmy-cluster-garage-setup.service";
 in
