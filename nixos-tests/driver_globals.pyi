@@ -26,6 +26,7 @@ app1: Machine
 client: Machine
 db1: Machine
 db2: Machine
+db3: Machine
 fe1: Machine
 fe2: Machine
 lemmy1: Machine
@@ -75,3 +76,9 @@ GARAGE_ACCESS_KEY_FILE: str
 GARAGE_META_DIR: str
 NODE_IDS: dict[str, str]
 NODE_ZONES: dict[str, str]
+PATRONI_APIS: dict[str, str]
+PG_PORTS: dict[str, int]
+LEMMY_DB: str
+ETCD_CLIENT_URLS: dict[str, str]
+ETCD_MEMBERS: list[str]
+PATRONI_TTL: int

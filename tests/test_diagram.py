@@ -20,7 +20,8 @@ from tests.test_cli import run
 
 CLUSTER_FILES = [
     *sorted(EXAMPLES.glob("*.toml")),
-    *sorted((ROOT / "nixos-tests").glob("*.toml")),
+    # The VM tests' clusters (nixos-tests/<scenario>/cluster.toml).
+    *sorted((ROOT / "nixos-tests").glob("*/cluster.toml")),
     ROOT / "tests" / "golden" / "storage.toml",
     ROOT / "cluster.toml",
 ]
