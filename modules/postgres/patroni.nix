@@ -153,6 +153,10 @@ in
           }";
           RuntimeDirectory = "postgresql";
           RuntimeDirectoryMode = "0755";
+          # nixpkgs' unit has KillMode=process: PostgreSQL outlives a Patroni that crashed and is
+          # restarted, so its socket folder must too (systemd removes it on every stop otherwise,
+          # and Patroni reaches its server over that socket).
+          RuntimeDirectoryPreserve = "restart";
           RestartSec = "5s";
         };
         # A member that crashed in a loop must keep trying: the cluster needs it back.
