@@ -207,22 +207,26 @@ def etcd_member_names(via: str) -> list[str]:
 # ---------------------------------------------------------------------------- Lemmy's posts
 
 
-def post_sql_command(post_id: int, port: int) -> str:
-    sql = f"SELECT name FROM post WHERE id = {post_id}"
-    return quote("runuser", "-u", "postgres", "--", "psql", "-XAt", "-p", str(port), "-d", LEMMY_DB, "-c", sql)
+def sql_command(name: str, sql: str, database: str = "postgres") -> str:
+    """SQL as the superuser on machine NAME, over its socket (peer authentication), tuples only."""
+    port = str(PG_PORTS[name])
+    return quote("runuser", "-u", "postgres", "--", "psql", "-XAt", "-p", port, "-d", database, "-c", sql)
+
+
+def wait_for_sql(name: str, sql: str, expected: str, *, database: str = "postgres", timeout: int = 60) -> None:
+    """Wait until SQL on machine NAME (the leader or a replica) prints EXPECTED."""
+    machine = MACHINES[name]
+    command = sql_command(name, sql, database)
+    try:
+        machine.wait_until_succeeds(command + " | grep -qxF " + quote(expected), timeout=timeout)
+    except Exception:
+        _, got = machine.execute(command + " 2>&1")
+        raise AssertionError(f"{sql} on {name}: expected {expected!r} within {timeout}s, got {got.strip()!r}") from None
 
 
 def wait_for_row(name: str, post_id: int, title: str, timeout: int = 60) -> None:
-    """Wait until the database on machine NAME (the leader or a replica) has post POST_ID, named TITLE."""
-    machine = MACHINES[name]
-    command = post_sql_command(post_id, PG_PORTS[name])
-    try:
-        machine.wait_until_succeeds(command + " | grep -qxF " + quote(title), timeout=timeout)
-    except Exception:
-        _, got = machine.execute(command + " 2>&1")
-        raise AssertionError(
-            f"post {post_id} on {name}: expected {title!r} within {timeout}s, got {got.strip()!r}"
-        ) from None
+    """Wait until the database on machine NAME has Lemmy's post POST_ID, named TITLE."""
+    wait_for_sql(name, f"SELECT name FROM post WHERE id = {post_id}", title, database=LEMMY_DB, timeout=timeout)
 
 
 def create_post(jwt: str, community_id: int, title: str) -> int:
@@ -244,7 +248,7 @@ def community_posts(community_id: int) -> dict[int, str]:
 
 
 def clock() -> float:
-    """Seconds on the client's clock (guest time, as the driver's own waits count)."""
+    """Seconds on the client's clock."""
     return float(client.succeed("date +%s.%N").strip())
 
 
@@ -263,10 +267,10 @@ with subtest("the cluster comes up: etcd on three members, a Patroni leader and 
     config = rest(leader, "/config")
     expect_equal(PATRONI_TTL, config.get("ttl"), "the leader lock's ttl in the running cluster's configuration")
     print(f"Patroni after the first boot: {summary(state)}")
-    for name in NAMES:
-        # The roles and databases were made on the leader; the replicas have nothing to do.
-        with journal_on_failure(MACHINES[name], "lemmy-cluster-patroni-setup.service", "patroni.service"):
-            MACHINES[name].wait_for_unit("lemmy-cluster-patroni-setup.service", timeout=BOOT_TIMEOUT)
+    # Lemmy's role and database are made on the leader (by Patroni's callback when it starts as
+    # the leader, or by lemmy-cluster-patroni-setup), with no command.
+    with journals_on_failure([leader], *PATRONI_UNITS):
+        wait_for_sql(leader, f"SELECT datname FROM pg_database WHERE datname = '{LEMMY_DB}'", LEMMY_DB, timeout=300)
 
 with subtest("Lemmy answers through fe1"):
     wait_for_backend(app1, APP1, BACKEND_PORT, DOMAIN)
@@ -391,20 +395,7 @@ with subtest(f"{crashed}'s VM starts again and comes back as a streaming replica
         f"{crashed}'s role, state and timeline after its return",
     )
     print(f"Patroni after {crashed} came back: {summary(state)}")
-    in_recovery = old.succeed(
-        quote(
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-XAt",
-            "-p",
-            str(PG_PORTS[crashed]),
-            "-c",
-            "SELECT pg_is_in_recovery()",
-        )
-    ).strip()
+    in_recovery = old.succeed(sql_command(crashed, "SELECT pg_is_in_recovery()")).strip()
     expect_equal("t", in_recovery, f"pg_is_in_recovery() on {crashed}")
     # It replays the new leader's timeline: the post written after the crash reaches it.
     wait_for_row(crashed, new_id, new_title, timeout=120)
