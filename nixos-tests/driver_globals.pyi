@@ -77,7 +77,6 @@ GARAGE_META_DIR: str
 NODE_IDS: dict[str, str]
 NODE_ZONES: dict[str, str]
 PATRONI_APIS: dict[str, str]
-PG_PORTS: dict[str, int]
 LEMMY_DB: str
 ETCD_CLIENT_URLS: dict[str, str]
 ETCD_MEMBERS: list[str]

@@ -48,16 +48,23 @@ pkgs.testers.runNixOSTest {
       bootstrapNodes = lib.attrValues (
         lib.filterAttrs (_: n: n.services.lemmy-cluster.postgres.patroni.bootstrap) patroniNodes
       );
-      bootstrap =
-        if lib.length bootstrapNodes == 1 then
-          lib.head bootstrapNodes
-        else
-          throw "nixos-tests/failover: expected exactly one Patroni member with postgres.patroni.bootstrap, got ${toString (lib.length bootstrapNodes)}";
+      bootstrap = lib.head bootstrapNodes;
       pgOf = n: n.services.lemmy-cluster.postgres;
       etcdOf = n: n.services.lemmy-cluster.etcd;
+      pgPorts = lib.unique (lib.mapAttrsToList (_: n: (pgOf n).port) patroniNodes);
     in
     t.script {
       file = ./test.py;
+      checks = [
+        {
+          ok = lib.length bootstrapNodes == 1;
+          msg = "expected exactly one Patroni member with postgres.patroni.bootstrap (the cluster's first member), got ${toString (lib.length bootstrapNodes)}";
+        }
+        {
+          ok = lib.length pgPorts == 1;
+          msg = "the Patroni members listen on different PostgreSQL ports (${toString pgPorts}); the script expects one";
+        }
+      ];
       params = {
         DOMAIN = app1.domain;
         ADMIN_USER = app1.backend.setup.adminUsername;
@@ -65,11 +72,11 @@ pkgs.testers.runNixOSTest {
         APP1 = app1.privateAddress;
         FE1 = (lc "fe1").privateAddress;
         BACKEND_PORT = app1.backend.port;
-        # Each member's Patroni REST API and PostgreSQL port, from its own configuration.
+        # Each member's Patroni REST API, from its own configuration, and PostgreSQL's port.
         PATRONI_APIS = lib.mapAttrs (
           _: n: "http://${hostPort (pgOf n).listenAddress (pgOf n).patroni.restApiPort}"
         ) patroniNodes;
-        PG_PORTS = lib.mapAttrs (_: n: (pgOf n).port) patroniNodes;
+        PG_PORT = lib.head pgPorts;
         LEMMY_DB = (pgOf bootstrap).database;
         # Each etcd member's client URL, and the membership the etcd module was given.
         ETCD_CLIENT_URLS = lib.mapAttrs (

@@ -4,7 +4,7 @@
 # comes back as a streaming replica of the new leader, on its timeline (nixos-tests/failover/test.nix).
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from driver_globals import (
@@ -19,7 +19,7 @@ from driver_globals import (
     LEMMY_DB,
     PATRONI_APIS,
     PATRONI_TTL,
-    PG_PORTS,
+    PG_PORT,
     app1,
     client,
     db1,
@@ -89,7 +89,7 @@ HEALTHY_CLUSTER = """
 
 
 @contextlib.contextmanager
-def journals_on_failure(names: list[str], *units: str) -> Iterator[None]:
+def journals_on_failure(names: list[str], *units: str) -> Generator[None]:
     """journal_on_failure on every machine of NAMES (never a crashed one: the driver would boot it)."""
     with contextlib.ExitStack() as stack:
         for name in names:
@@ -207,16 +207,15 @@ def etcd_member_names(via: str) -> list[str]:
 # ---------------------------------------------------------------------------- Lemmy's posts
 
 
-def sql_command(name: str, sql: str, database: str = "postgres") -> str:
-    """SQL as the superuser on machine NAME, over its socket (peer authentication), tuples only."""
-    port = str(PG_PORTS[name])
-    return quote("runuser", "-u", "postgres", "--", "psql", "-XAt", "-p", port, "-d", database, "-c", sql)
+def sql_command(sql: str, database: str = "postgres") -> str:
+    """SQL as the superuser over the local socket (peer authentication), tuples only."""
+    return quote("runuser", "-u", "postgres", "--", "psql", "-XAt", "-p", str(PG_PORT), "-d", database, "-c", sql)
 
 
 def wait_for_sql(name: str, sql: str, expected: str, *, database: str = "postgres", timeout: int = 60) -> None:
     """Wait until SQL on machine NAME (the leader or a replica) prints EXPECTED."""
     machine = MACHINES[name]
-    command = sql_command(name, sql, database)
+    command = sql_command(sql, database)
     try:
         machine.wait_until_succeeds(command + " | grep -qxF " + quote(expected), timeout=timeout)
     except Exception:
@@ -395,7 +394,7 @@ with subtest(f"{crashed}'s VM starts again and comes back as a streaming replica
         f"{crashed}'s role, state and timeline after its return",
     )
     print(f"Patroni after {crashed} came back: {summary(state)}")
-    in_recovery = old.succeed(sql_command(crashed, "SELECT pg_is_in_recovery()")).strip()
+    in_recovery = old.succeed(sql_command("SELECT pg_is_in_recovery()")).strip()
     expect_equal("t", in_recovery, f"pg_is_in_recovery() on {crashed}")
     # It replays the new leader's timeline: the post written after the crash reaches it.
     wait_for_row(crashed, new_id, new_title, timeout=120)
