@@ -530,7 +530,7 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         if not lost:
             continue
         counts = [(len(m.get(k, [])), k) for k in ("kills", "switchovers", "cuts")]
-        events = " + ".join(f"{n} {k}" for n, k in counts if n)
+        events = " + ".join(f"{n} {k}" for n, k in counts if n) or "no failover"
         value = "; ".join(f"{CLIENT_NAMES[k]} {v['lost']} of {v['acknowledged']:,}" for k, v in lost.items())
         target = "0" if tag == "sync" else "none (async: may be > 0)"
         rows.append((f"acked commits lost across {events} ({tag})", value, target))
