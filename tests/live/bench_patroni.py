@@ -18,20 +18,28 @@ one with the backends' multi-host connection string, one through pict-rs's HAPro
      fixed rate (-R) through the backends' connection string to the leader; the per-transaction log
      (-l) gives each commit's time, the schedule lag that -R adds taken out. Before the writers
      start, so it measures the commit path, not contention with them.
-  2. kill -9 of the leader (Patroni and every PostgreSQL process at once) → the first write each
-     client has acknowledged afterwards; KILLS times per cluster, each once the cluster is whole
-     again (a leader, both replicas streaming, a synchronous standby in synchronous mode, both
-     clients writing). Beside it: when the new leader's REST API first answered /primary (polled
-     every 0.2 s), and how long the old leader took to come back as a streaming replica (Patroni
-     started again, the module's patroni-prepare.sh first; crash recovery and pg_rewind by Patroni).
+  2. kill -9 of the leader (Patroni and every PostgreSQL process at once; lab.kill returns the
+     moment the signals went out) → the first write each client had acknowledged after its first
+     error following the kill (an answer already on its way when the server died is no recovery);
+     KILLS (ASYNC_KILLS) times, each once the cluster is whole again (a leader, both replicas
+     streaming, a synchronous standby in synchronous mode, both clients writing). Beside it: when
+     the new leader's REST API first answered /primary (polled every 0.1 s), and how long the old
+     leader took to come back as a streaming replica (Patroni started again, the module's
+     patroni-prepare.sh first; crash recovery and pg_rewind by Patroni).
   3. planned switchover (lab.switchover: scripts/switchover.sh, what `synth promote` runs) → the
      longest pause between two acknowledged writes of each client, from the request until both
-     clients have written again; SWITCHOVERS times (synchronous cluster), each once whole again.
+     clients have written again; SWITCHOVERS (ASYNC_SWITCHOVERS) times, each once whole again.
   4. acknowledged commits lost: rows a client saw acknowledged that the final leader does not
-     have, over all the failovers and switchovers of the cluster.
-  5. a new replica: a streaming replica's Patroni stopped, its data directory deleted, Patroni
-     started again → streaming (Patroni clones with pg_basebackup), after pgbench -i -s
-     CLONE_SCALE filled the lemmy database (asynchronous cluster).
+     have, over all the failures of the cluster.
+  5. extras: the leader's link cut (CUTS times, synchronous cluster; the backend module's
+     net.ipv4.tcp_retries2 on app1) → first acknowledged write, and the cut-off leader streaming
+     again after its link is back; a new replica: a streaming replica's Patroni stopped, its data
+     directory deleted, Patroni started again → streaming (Patroni clones with pg_basebackup),
+     after pgbench -i -s CLONE_SCALE filled the lemmy database (asynchronous cluster).
+
+The namespaces have no DNS: each gets an `unreachable` route to the resolver (resolver_fails_fast),
+or every Patroni start would wait 10 s for the name of its REST API address. The LC_BENCH_PATRONI_*
+variables below change the counts and durations (the defaults take some 9 minutes on 2 busy CPUs).
 """
 
 from __future__ import annotations
