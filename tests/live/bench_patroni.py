@@ -45,6 +45,7 @@ variables below change the counts and durations (the defaults take some 9 minute
 from __future__ import annotations
 
 import functools
+import ipaddress
 import itertools
 import os
 import shutil
@@ -93,9 +94,14 @@ CLIENT_NAMES = {"backend": "backends' string", "proxy": "pict-rs's HAProxy"}
 
 
 def load_cluster(synchronous: bool) -> Any:
-    """tests/live/patroni-cluster.toml on the benchmark's own subnet."""
-    text = (HERE / "patroni-cluster.toml").read_text(encoding="utf-8").replace("10.236.0.", "10.245.0.")
-    data = tomllib.loads(text)
+    """tests/live/patroni-cluster.toml with every machine moved to the benchmark's own subnet (the
+    same host number), whichever subnet the live tests give it."""
+    data = tomllib.loads((HERE / "patroni-cluster.toml").read_text(encoding="utf-8"))
+    net = ipaddress.ip_network(SUBNET)
+    for machine in data["machines"].values():
+        old = ipaddress.ip_address(machine["address"])
+        host = int(old) & int(net.hostmask)
+        machine["address"] = str(net.network_address + host)
     data["postgres"]["synchronous"] = synchronous
     return from_data(data, "patroni-cluster.toml (bench)")
 
