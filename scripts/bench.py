@@ -4,7 +4,7 @@
 Targets (from the issues) are printed next to each figure; nothing here asserts them: a benchmark
 measures, the tests check behaviour.
 
-    python scripts/bench.py [--only synth|frontend|postgres] [--json FILE]
+    python scripts/bench.py [--only synth|frontend|postgres|patroni] [--json FILE]
 """
 
 from __future__ import annotations
@@ -125,12 +125,18 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {"synth": bench_syn
 
 
 def load_live_sections() -> None:
-    """The live figures need root, namespaces, nginx and PostgreSQL (see tests/live)."""
+    """The live figures need root, namespaces, nginx and PostgreSQL (see tests/live); the
+    failover figures also etcd, HAProxy and Patroni (tests/live/bench_patroni.py)."""
     try:
         from tests.live import bench_live  # type: ignore[attr-defined]
     except ImportError:
         return
     SECTIONS.update(bench_live.SECTIONS)
+    try:
+        from tests.live import bench_patroni  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    SECTIONS.update(bench_patroni.SECTIONS)
 
 
 def main() -> int:

@@ -466,8 +466,9 @@ class PatroniLab:
         except (OSError, ValueError, IndexError):
             return None
 
-    def kill(self, machine: str) -> None:
-        """Crash MACHINE's database: SIGKILL Patroni and every PostgreSQL process at once."""
+    def kill(self, machine: str) -> float:
+        """Crash MACHINE's database: SIGKILL Patroni and every PostgreSQL process at once. Returns
+        the time (time.time()) right after the last signal was sent: the moment of the crash."""
         m = self.members[machine]
         pids: list[int] = []
         if m.patroni is not None and m.patroni.poll() is None:
@@ -478,6 +479,7 @@ class PatroniLab:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
         if m.patroni is not None:
             m.patroni.wait(timeout=10)
         m.patroni = None
@@ -485,6 +487,7 @@ class PatroniLab:
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             time.sleep(0.05)
         self.stop_helpers(machine)
+        return killed_at
 
     def kill_postgres(self, machine: str) -> None:
         """SIGKILL only the postmaster and its children (Patroni stays)."""
