@@ -123,7 +123,14 @@ in
     # The role checks of `synth verify` and `synth deploy` probe services with curl and ss.
     environment.systemPackages = [ pkgs.curl ];
 
-    networking.hosts = lib.mapAttrs' (name: addr: lib.nameValuePair addr [ name ]) cfg.peers;
+    # The peers, and this machine's own private address (a reverse lookup of it, which Patroni's
+    # REST API and others make when they start, is then answered without DNS: with a dead
+    # resolver it took 10 s at every start).
+    networking.hosts =
+      lib.mapAttrs' (name: addr: lib.nameValuePair addr [ name ]) cfg.peers
+      // {
+        ${cfg.privateAddress} = [ config.networking.hostName ];
+      };
 
     networking.firewall = {
       allowedTCPPorts = cfg.publicPorts;

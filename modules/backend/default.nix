@@ -430,7 +430,7 @@ in
       }
     ];
 
-    # A database statement in flight when its server vanished fails after some 25 s instead of
+    # A database statement in flight when its server vanished fails after some 13 s instead of
     # some 15 minutes (see database-params.nix).
     boot.kernel.sysctl."net.ipv4.tcp_retries2" = lib.mkDefault database.tcpRetries2;
 

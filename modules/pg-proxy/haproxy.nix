@@ -34,7 +34,9 @@ in
     bind ${hostPort cfg.listenAddress cfg.port}
     option httpchk OPTIONS /primary
     http-check expect status 200
-    # A new leader is used within a second of taking the lock; a lost one after two failed checks.
-    default-server inter 1s fastinter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
+    # A new leader is used within half a second of taking the lock, a lost one is given up after
+    # two failed checks, at most a second (a switchover through this proxy measured 3.3 s, with
+    # outliers of 6.5 s, when the checks ran every second).
+    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
 ''
 + builtins.concatStringsSep "" (map server cfg.servers)

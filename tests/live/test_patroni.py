@@ -266,9 +266,8 @@ def test_kill9_of_the_leader_fails_over_with_no_acknowledged_commit_lost(live: L
     writers.start()
     try:
         writers.wait_acks(30)
-        crash = time.time()
-        lab.kill(old)
-        new = lab.wait_leader(timeout=60, not_on=old)
+        crash = lab.kill(old)  # the moment the signals went out (acks in flight come before it)
+        new = lab.wait_leader(timeout=90, not_on=old)
         writers.wait_acks(30, timeout=60)
     finally:
         logs = writers.stop()
