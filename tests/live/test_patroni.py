@@ -279,8 +279,16 @@ def test_kill9_of_the_leader_fails_over_with_no_acknowledged_commit_lost(live: L
         acked = set(writeload.acknowledged(logs[kind]))
         lost = acked - live.rows(writers, kind, db)
         assert not lost, f"{kind}: {len(lost)} acknowledged commits lost in synchronous mode: {sorted(lost)[:10]}"
-    # The new leader's callback ran the set-up again (idempotent) when it was promoted.
-    assert "patroni-callback: on_role_change as primary" in lab.members[new].log("patroni").read_text()
+    # The new leader's callback runs the set-up again (idempotent) once it was promoted. Patroni
+    # runs callbacks in a process of their own, after the promotion: writes may resume first.
+    said = "patroni-callback: on_role_change as primary"
+    log = lab.members[new].log("patroni")
+    deadline = time.monotonic() + 60
+    while said not in log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert said in log.read_text(errors="replace"), (
+        f"{new} never ran its callback:\n{lab.members[new].log_tail('patroni')}"
+    )
     # The old leader comes back as a replica of the new one (pg_rewind if it had diverged).
     lab.start_patroni([old], wait=False)
     lab.wait_streaming([old], timeout=120)

@@ -601,10 +601,16 @@ def test_asynchronous_mode_can_lose_acknowledged_commits(live: Live) -> None:
     try:
         insert(live, "db1", range(11, 31))  # acknowledged by the primary alone
         db1.kill9()
+        # A crashed machine sends nothing more; here the kernel outlives the processes and would
+        # deliver what their sockets still held (rows 11-30) once the standbys are back: cut it off.
+        lab.hosts["db1"].link(False)
     finally:
         for name in ("db2", "db3"):
             lab.hosts[name].link(True)
-    new, present = promote_most_advanced(live)
+    try:
+        new, present = promote_most_advanced(live)
+    finally:
+        lab.hosts["db1"].link(True)
     lost = sorted(set(range(1, 31)) - present)
     print(f"asynchronous: 30 acknowledged, {len(present)} present on {new.name}, lost {len(lost)}")
     assert present == set(range(1, 11)), (
