@@ -33,6 +33,7 @@ def add_machine(
     private_address: str | None = None,
     system: str | None = None,
     storage: dict[str, str] | None = None,
+    state_version: str | None = None,
 ) -> str:
     """TEXT with a new [machines.NAME] table appended after the last machine.
 
@@ -54,6 +55,9 @@ def add_machine(
     table.add("roles", list(roles))
     if system is not None:
         table.add("system", system)
+    if state_version is not None:
+        # system.stateVersion must never change on a machine: record the one it starts with.
+        table.add("state_version", state_version)
     for key, value in (storage or {}).items():
         table.add(key, value)
     machines[name] = table
