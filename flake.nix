@@ -41,7 +41,6 @@
           pydantic
           click
           tomlkit
-          paramiko
           pytest-testinfra
           cryptography
           pytest
@@ -84,7 +83,6 @@
             pydantic
             click
             tomlkit
-            paramiko
             pytest-testinfra
             cryptography
           ];

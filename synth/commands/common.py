@@ -2,7 +2,7 @@
 edit-validate-write cycle of cluster.toml, SSH options and machine selection.
 
 Every command module imports this one; none imports synth.cli (which only registers them), so
-there is no import cycle. Importing it costs only click: the model, pydantic and paramiko are
+there is no import cycle. Importing it costs only click: the model, pydantic and testinfra are
 imported inside the functions, so `synth --help` stays fast.
 """
 
@@ -166,8 +166,21 @@ def edit_cluster(
 # --------------------------------------------------------------------------- machines and SSH
 
 
+def _remember_ssh_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    ctx.meta["synth.ssh_config"] = value
+
+
 def ssh_options(fn: F) -> F:
-    """--ssh-option (repeatable) and --identity."""
+    """--ssh-option (repeatable), --identity and --ssh-config (read by make_ssh_options)."""
+    fn = click.option(
+        "--ssh-config",
+        "-F",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        expose_value=False,
+        callback=_remember_ssh_config,
+        help="ssh_config file instead of ~/.ssh/config (as for `ssh -F`); used for every connection.",
+    )(fn)
     fn = click.option(
         "--identity",
         "-i",
@@ -198,8 +211,10 @@ def host_option(fn: F) -> F:
 
 
 def make_ssh_options(file: Path, ssh_option: Sequence[str], identity: Path | None) -> SshOptions:
+    """The SSH options of the command line, checked by OpenSSH itself (`ssh -G`): an option it
+    does not know, or a value it refuses, is an error before anything runs."""
     from synth.errors import Problem, SynthError
-    from synth.remote import SshOptions, split_option
+    from synth.remote import SshOptions, check_options, split_option
 
     problems = []
     for opt in ssh_option:
@@ -209,7 +224,25 @@ def make_ssh_options(file: Path, ssh_option: Sequence[str], identity: Path | Non
             problems.append(Problem("--ssh-option", str(exc)))
     if problems:
         raise SynthError(str(file), problems)
-    return SshOptions(tuple(ssh_option), str(identity) if identity is not None else None)
+    ctx = click.get_current_context(silent=True)
+    config = ctx.meta.get("synth.ssh_config") if ctx is not None else None
+    if config is not None and not Path(config).is_file():
+        raise SynthError.single(str(file), "--ssh-config", f"{config}: no such file")
+    opts = SshOptions(
+        tuple(ssh_option),
+        str(identity) if identity is not None else None,
+        config_file=str(config) if config is not None else None,
+    )
+    import shutil
+
+    # Without ssh nothing can connect anyway: the command then says so when it tries.
+    said = check_options(opts) if shutil.which("ssh") is not None else []
+    if said:
+        raise SynthError(
+            str(file),
+            [Problem("--ssh-option", f"OpenSSH refuses the SSH options: {line}") for line in said],
+        )
+    return opts
 
 
 def select(c: Cluster, file: Path, hosts: Sequence[str], roles: Sequence[str] = ()) -> list[str]:

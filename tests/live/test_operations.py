@@ -317,7 +317,7 @@ def test_deploy_rolls_back_the_failing_batch_and_stops(ops: Ops) -> None:
         "deploy", str(ops.cluster_file), *ops.ssh_args, "--rebuild-command", rebuild, "--rollback-command", rollback,
         "--check-timeout", "4", "--check-interval", "1",
     )  # fmt: skip
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     assert log.read_text().splitlines() == ["rebuild opdb1", "rebuild opapp", "rebuild opfe1", "rollback opfe1"]
     assert "opfe1  check FAILED: nginx listening on port 80" in r.stdout
     assert "summary:\n  opdb1  deployed\n  opapp  deployed\n  opfe1  rolled back\n  opfe2  not started\n" in r.stdout
