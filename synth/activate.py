@@ -88,9 +88,11 @@ def launcher(
     profile: str = PROFILE,
     current_system: str = CURRENT_SYSTEM,
     state_dir: str = STATE_DIR,
+    detach: str = "auto",
 ) -> str:
     """The shell script (for `sh -s` on the machine, as root) that starts ACTIVATE_SCRIPT detached
-    and waits for its report."""
+    and waits for its report. DETACH "auto": a transient systemd unit where systemd runs, else
+    setsid; "setsid": always setsid."""
     if goal not in GOALS:
         raise ValueError(f"unknown goal {goal!r}; choose one of {', '.join(GOALS)}")
     d = f"{state_dir}/{token}"
@@ -105,7 +107,7 @@ def launcher(
             f"cat > {q(d + '/activate.sh')} <<'LC_ACTIVATE_EOF'",
             ACTIVATE_SCRIPT.rstrip("\n"),
             "LC_ACTIVATE_EOF",
-            "if command -v systemd-run >/dev/null 2>&1 && [ -d /run/systemd/system ]; then",
+            f"if [ {q(detach)} = auto ] && command -v systemd-run >/dev/null 2>&1 && [ -d /run/systemd/system ]; then",
             f"  systemd-run --quiet --collect --unit={q(unit)} --property=Type=exec "
             f"/bin/sh {q(d + '/activate.sh')} {args}",
             "else",
