@@ -123,7 +123,7 @@ def test_plan_shows_diffs_and_order(workdir: Path) -> None:
     toml = workdir / "cluster.toml"
     toml.write_text(toml.read_text().replace("version = 17", "version = 18"))
     code, out, _ = run("plan", str(toml))
-    assert code == 0
+    assert code == 3, "something would change"
     assert "== changed: hosts/db1/default.nix" in out
     assert "-        majorVersion = 17;\n+        majorVersion = 18;" in out
     assert "  1. postgres-primary: db1\n  2. postgres-replicas: db2" in out
@@ -141,7 +141,7 @@ def test_plan_json_after_adding_a_frontend(workdir: Path) -> None:
         + '\n[machines.fe3]\naddress = "203.0.113.12"\nprivate_address = "10.0.0.12"\nroles = ["frontend"]\n'
     )
     code, out, _ = run("plan", str(toml), "--json")
-    assert code == 0
+    assert code == 3
     data = json.loads(out)
     statuses = {f["path"]: f["status"] for f in data["files"]}
     assert statuses["hosts/fe3/default.nix"] == "added"
@@ -227,7 +227,7 @@ def test_plan_since_git_revision(workdir: Path) -> None:
     code, out, _ = run("plan", str(toml))
     assert out.startswith("No changes: hosts/ matches"), "add-machine regenerated hosts/ already"
     code, out, _ = run("plan", str(toml), "--since", "HEAD", "--json")
-    assert code == 0
+    assert code == 3
     data = json.loads(out)
     assert {f["path"]: f["status"] for f in data["files"]}["hosts/db3/default.nix"] == "added"
     # fe1 is an etcd member (its client port opens to db3); add-machine kept it one, recording
@@ -243,3 +243,53 @@ def test_plan_since_git_revision(workdir: Path) -> None:
     assert 'members = ["db1", "db2", "fe1"]' in toml.read_text()
     code, _, err = run("plan", str(toml), "--since", "no-such-rev")
     assert code == 1 and "--since: cannot read no-such-rev with git" in err
+
+
+def test_plan_since_with_the_cluster_in_a_subfolder_of_the_repository(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    require_tool("git")
+    sub = tmp_path / "infra" / "lemmy"
+    sub.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "small.toml", sub / "cluster.toml")
+    assert run("generate", str(sub / "cluster.toml"))[0] == 0
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "-m", "cluster"], check=True)
+    code, out, err = run("plan", str(sub / "cluster.toml"), "--since", "HEAD")
+    assert code == 0, out + err
+    assert out.startswith("No changes: hosts/ at HEAD matches the cluster file")
+    toml = sub / "cluster.toml"
+    toml.write_text(toml.read_text().replace("version = 17", "version = 18"))
+    assert run("generate", str(toml))[0] == 0
+    code, out, _ = run("plan", str(toml), "--since", "HEAD", "--json")
+    assert code == 3
+    assert sorted(f["path"] for f in json.loads(out)["files"]) == ["hosts/db1/default.nix", "hosts/db2/default.nix"]
+
+
+def test_validate_json(workdir: Path) -> None:
+    code, out, _ = run("validate", str(workdir / "cluster.toml"), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True and data["machines"]["app1"] == ["backend", "pictrs"]
+    bad = workdir / "bad.toml"
+    bad.write_text((workdir / "cluster.toml").read_text().replace('primary = "db1"', 'primary = "db9"'))
+    code, out, err = run("validate", str(bad), "--json")
+    assert code == 1 and err == ""
+    data = json.loads(out)
+    assert data["ok"] is False
+    assert data["problems"][0]["file"] == str(bad) and data["problems"][0]["path"] == "postgres.primary"
+
+
+def test_no_command_exits_2_for_anything_but_a_usage_error() -> None:
+    """Exit code 2 is click's usage error: every command's own codes are documented as 0, 1, 3."""
+    from tests.conftest import ROOT
+
+    for path in (ROOT / "synth").rglob("*.py"):
+        text = path.read_text()
+        assert "sys.exit(2)" not in text and "EXIT_CHECK = 2" not in text, path
+    code, _, err = run("deploy", "--no-such-option")
+    assert code == 2 and "No such option" in err

@@ -52,7 +52,8 @@ OUT_OPTION = click.option(
 
 
 def user_errors(fn: F) -> F:
-    """Turn SynthError into `FILE: path: message` lines on stderr and exit code 1."""
+    """Turn SynthError into `FILE: path: message` lines on stderr and exit code 1 (with --json: a
+    JSON object {"ok": false, "problems": [...]} on stdout)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,6 +65,12 @@ def user_errors(fn: F) -> F:
         except SynthError as exc:
             if debug:
                 raise
+            if kwargs.get("as_json"):
+                import json
+
+                problems = [{"file": exc.file, "path": p.path, "message": p.message} for p in exc.problems]
+                click.echo(json.dumps({"ok": False, "problems": problems}, indent=2))
+                sys.exit(1)
             for problem in exc.problems:
                 click.echo(problem.render(exc.file), err=True)
             n = len(exc.problems)

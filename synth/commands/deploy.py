@@ -385,14 +385,22 @@ class Runner:
         self.toplevel: dict[str, str] = {}
         self.lock = threading.Lock()
 
-    def _ssh(self, name: str, command: str, stdin: str | None = None, timeout: float = 60) -> CompletedProcess[str]:
+    def _ssh(
+        self, name: str, command: str, stdin: str | None = None, timeout: float = 60, keepalive: bool = False
+    ) -> CompletedProcess[str]:
+        from dataclasses import replace
+
         from synth.remote import ssh_run
 
         m = self.c.machines[name]
+        opts = self.opts
+        if keepalive and "serveraliveinterval" not in opts.settings():
+            # An activation that cuts the machine off must not leave this ssh waiting for minutes.
+            opts = replace(opts, options=(*opts.options, "ServerAliveInterval=3", "ServerAliveCountMax=3"))
         remote = command if m.ssh_user == "root" else f"sudo -n sh -c {shlex.quote(command)}"
         if stdin is not None:
             remote = "sh -s" if m.ssh_user == "root" else "sudo -n sh -s"
-        return ssh_run(m.ssh_user, m.address, remote, self.opts, timeout=timeout, stdin=stdin)
+        return ssh_run(m.ssh_user, m.address, remote, opts, timeout=timeout, stdin=stdin)
 
     def state(self, name: str) -> str | None:
         r = self._ssh(name, f"readlink -e {shlex.quote(self.current_system)}", timeout=30)
@@ -456,7 +464,7 @@ class Runner:
             path, self.goal, self.confirm_timeout, token, current_system=self.current_system, state_dir=self.state_dir
         )
         self.emit(name, f"activate ({self.goal}): {path}")
-        r = self._ssh(name, "", stdin=script, timeout=activate.LAUNCH_WAIT + 60)
+        r = self._ssh(name, "", stdin=script, timeout=activate.LAUNCH_WAIT + 60, keepalive=True)
         for line in (r.stdout + r.stderr).splitlines():
             self.emit(name, f"| {line}")
         if r.returncode not in (0, 255):

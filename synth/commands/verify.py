@@ -54,9 +54,15 @@ def table(rows: list[tuple[str, str, str, str]]) -> list[str]:
 @host_option
 @ssh_options
 @click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, help="Machines at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print every check's result as JSON on stdout.")
 @user_errors
 def verify(
-    cluster_file: Path, hosts: tuple[str, ...], ssh_option: tuple[str, ...], identity: Path | None, parallel: int
+    cluster_file: Path,
+    hosts: tuple[str, ...],
+    ssh_option: tuple[str, ...],
+    identity: Path | None,
+    parallel: int,
+    as_json: bool,
 ) -> None:
     """Run the role checks of each machine over SSH; exit 0 only when every check passed.
 
@@ -80,6 +86,13 @@ def verify(
     with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(names)))) as pool:
         results = dict(zip(names, pool.map(check, names), strict=True))
     rows = [(n, r.name, "ok" if r.ok else "FAIL", r.detail) for n in names for r in results[n]]
+    if as_json:
+        import json
+
+        checks = [{"machine": n, "check": name, "ok": ok == "ok", "detail": detail} for n, name, ok, detail in rows]
+        failed_any = any(not ch["ok"] for ch in checks)
+        click.echo(json.dumps({"ok": not failed_any, "checks": checks}, indent=2))
+        sys.exit(1 if failed_any else 0)
     for line in table(rows):
         click.echo(line)
     failed = sum(1 for r in rows if r[2] == "FAIL")
