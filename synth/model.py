@@ -704,12 +704,43 @@ def _check_backend_section(c: Cluster) -> list[Problem]:
     return p
 
 
+# What modules/postgres/{streaming,patroni}-settings.nix give PostgreSQL: one WAL sender and one
+# slot per replica, and one sender to spare for a new replica's clone (pg_basebackup).
+PG_MAX_WAL_SENDERS = 10
+PG_MAX_REPLICATION_SLOTS = 10
+MAX_POSTGRES_MACHINES = min(PG_MAX_WAL_SENDERS - 1, PG_MAX_REPLICATION_SLOTS) + 1
+
+
+def _address_problems(path: str, addr: str, several: bool) -> list[Problem]:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return []
+    if ip.is_unspecified:
+        return [
+            Problem(path, f"{addr} is the unspecified address (any interface), not a machine's: give its own address")
+        ]
+    if ip.is_loopback and several:
+        return [
+            Problem(
+                path,
+                f"{addr} is a loopback address: the other machines of the cluster cannot reach it; give the "
+                "machine's address on the network they share",
+            )
+        ]
+    return []
+
+
 def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
     p: list[Problem] = []
     public: dict[str, str] = {}
     private: dict[str, str] = {}
+    several = len(machines) > 1
     for name, m in machines.items():
         base = ("machines", name)
+        p += _address_problems(dotted((*base, "address")), m.address, several and m.private_address is None)
+        if m.private_address is not None:
+            p += _address_problems(dotted((*base, "private_address")), m.private_address, several)
         if not _LABEL_RE.match(name):
             p.append(_machine_name_problem(name))
         if not (_is_ip(m.address) or valid_dns_name(m.address)):
@@ -932,6 +963,16 @@ def _norm(addr: str) -> str:
 
 def _check_roles(c: Cluster) -> list[Problem]:
     p: list[Problem] = []
+    pg_machines = c.machines_with("postgres")
+    if len(pg_machines) > MAX_POSTGRES_MACHINES:
+        p.append(
+            Problem(
+                "machines",
+                f"{len(pg_machines)} postgres machines, but the postgres module allows {PG_MAX_WAL_SENDERS} "
+                f"WAL senders and {PG_MAX_REPLICATION_SLOTS} replication slots: one per replica and one sender "
+                f"spare for a new replica's clone, so at most {MAX_POSTGRES_MACHINES} postgres machines",
+            )
+        )
     pg = c.postgres
     if pg.version not in POSTGRES_VERSIONS:
         p.append(

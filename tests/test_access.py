@@ -215,3 +215,36 @@ def test_a_changed_state_version_is_refused_with_the_fix(tmp_path: Path) -> None
         '[machines.fe3]\naddress = "10.0.0.12"\nroles = ["frontend"]\nstate_version = "26.11"\n' in cluster.read_text()
     )
     assert 'stateVersion = "26.11";' in (tmp_path / "hosts" / "fe3" / "default.nix").read_text()
+
+
+def test_unspecified_and_loopback_addresses_are_refused() -> None:
+    got = problems(BASE.replace('address = "10.0.0.1"', 'address = "0.0.0.0"'))
+    assert got == [
+        "c.toml: machines.fe1.address: 0.0.0.0 is the unspecified address (any interface), not a machine's: "
+        "give its own address"
+    ]
+    got = problems(BASE.replace('address = "10.0.0.3"', 'address = "203.0.113.3"\nprivate_address = "127.0.0.1"'))
+    assert got == [
+        "c.toml: machines.db1.private_address: 127.0.0.1 is a loopback address: the other machines of the "
+        "cluster cannot reach it; give the machine's address on the network they share"
+    ]
+    single = parse((EXAMPLES / "single.toml").read_text().replace('address = "', 'address = "127.0.0.1" #', 1))
+    assert len(single.machines) == 1, "one machine alone may use a loopback address"
+
+
+def test_more_postgres_machines_than_the_module_has_wal_senders_are_refused() -> None:
+    from synth.model import MAX_POSTGRES_MACHINES, PG_MAX_REPLICATION_SLOTS, PG_MAX_WAL_SENDERS
+
+    for settings in ("streaming-settings.nix", "patroni-settings.nix"):
+        text = (ROOT / "modules" / "postgres" / settings).read_text()
+        assert f"max_wal_senders = {PG_MAX_WAL_SENDERS};" in text
+        assert f"max_replication_slots = {PG_MAX_REPLICATION_SLOTS};" in text
+    extra = "".join(
+        f'\n[machines.db{i}]\naddress = "10.0.1.{i}"\nroles = ["postgres"]\n'
+        for i in range(2, MAX_POSTGRES_MACHINES + 2)
+    )
+    got = problems(BASE + extra)
+    assert any(
+        f"{MAX_POSTGRES_MACHINES + 1} postgres machines, but the postgres module allows 10 WAL senders" in g
+        for g in got
+    ), got

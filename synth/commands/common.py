@@ -123,20 +123,53 @@ def write_hosts(cluster: Cluster, cluster_file: Path, out: Path) -> None:
 
 
 def write_cluster_file(path: Path, text: str) -> None:
-    """Replace PATH with TEXT atomically, keeping its permissions."""
+    """Replace PATH with TEXT atomically, keeping what the file was: a symlink stays one (its
+    target is replaced), its permissions and owner stay, CRLF line endings stay CRLF."""
+    import contextlib
     import os
     import tempfile
 
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".synth-tmp", dir=path.parent)
+    target = path.resolve() if path.is_symlink() else path
+    st = target.stat() if target.exists() else None
+    mode = st.st_mode & 0o7777 if st is not None else 0o644
+    if st is not None and b"\r\n" in target.read_bytes():
+        text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".synth-tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            # Not ours to give away without the right: the file then belongs to whoever edits it.
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cluster_lock(cluster_file: Path) -> Any:
+    """An exclusive lock on CLUSTER_FILE's edits, held while the context runs: concurrent
+    `add-machine`s are serialised instead of losing each other's updates. The lock is flock(2) on
+    the file's folder (the file itself is replaced by each edit; nothing is written for the lock)."""
+    import contextlib
+    import fcntl
+    import os
+
+    target = cluster_file.resolve() if cluster_file.is_symlink() else cluster_file
+    folder = target.parent if str(target.parent) else Path(".")
+
+    @contextlib.contextmanager
+    def held() -> Any:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    return held()
 
 
 def edit_cluster(
@@ -149,24 +182,35 @@ def edit_cluster(
 
     An edit whose result is invalid writes nothing and reports the problems found in the result.
     BEFORE_WRITE runs once the result is known to be valid, before the cluster file is replaced
-    (add-machine writes a storage machine's node key there).
+    (add-machine writes a storage machine's node key there). The whole read-edit-write runs under
+    cluster_lock. When hosts/ cannot be written after the cluster file was, the message says so.
     """
     from synth.errors import SynthError
     from synth.model import parse
 
-    current = load_cluster(cluster_file)
-    text = cluster_file.read_text(encoding="utf-8")
-    new_text = edit(text, current)
-    try:
-        new = parse(new_text, str(cluster_file))
-    except SynthError as exc:
-        click.echo(f"synth: {cluster_file} was not changed: the result would be invalid:", err=True)
-        raise exc from None
-    if before_write is not None:
-        before_write()
-    write_cluster_file(cluster_file, new_text)
+    with cluster_lock(cluster_file):
+        current = load_cluster(cluster_file)
+        text = cluster_file.read_text(encoding="utf-8")
+        new_text = edit(text, current)
+        try:
+            new = parse(new_text, str(cluster_file))
+        except SynthError as exc:
+            click.echo(f"synth: {cluster_file} was not changed: the result would be invalid:", err=True)
+            raise exc from None
+        if before_write is not None:
+            before_write()
+        write_cluster_file(cluster_file, new_text)
     click.echo(f"updated {cluster_file}")
-    write_hosts(new, cluster_file, out_dir_for(cluster_file, out_dir))
+    out = out_dir_for(cluster_file, out_dir)
+    try:
+        write_hosts(new, cluster_file, out)
+    except (OSError, SynthError) as exc:
+        click.echo(
+            f"synth: {cluster_file} WAS updated, but {out / 'hosts'} was not regenerated (nothing of it was "
+            f"changed): {exc}. Fix that, then run `synth generate {cluster_file}`; deploy refuses until then.",
+            err=True,
+        )
+        sys.exit(1)
     return new
 
 
