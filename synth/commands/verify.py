@@ -71,7 +71,8 @@ def verify(
     means migrations are running), pict-rs (port, /healthz), postgres (running, listening,
     primary/replica as in CLUSTER, replication; under Patroni: the member's state, the leader,
     every replica's state, timeline and lag, the synchronous standby), etcd (healthy, exactly
-    the configured members). Exit codes: 0 every check passed; 1 a check failed or bad input.
+    the configured members), storage (S3 and RPC ports, Garage's health quorum, the machine's
+    role in the layout). Exit codes: 0 every check passed; 1 a check failed or bad input.
     """
     from concurrent.futures import ThreadPoolExecutor
 
