@@ -46,6 +46,7 @@ ROLLED_BACK = "rolled back"
 ROLLBACK_FAILED = "rollback FAILED"
 NOT_STARTED = "not started"
 UNCHANGED = "unchanged, not rolled back"
+UPGRADE_HELD = "Lemmy upgrade held, not rolled back"
 BUILT = "built, not activated"
 BUILD_FAILED = "build FAILED"
 
@@ -291,6 +292,37 @@ def wait_healthy(
             sleep(min(interval, remaining))
 
 
+@dataclass(frozen=True)
+class LemmyUpgrade:
+    """A deploy that changes the Lemmy version: FIRST (the first backend of the deploy order)
+    runs the migrations, alone; OTHERS, every other backend, are stopped before FIRST is
+    activated and started again after their own activation (none runs the old Lemmy against the
+    new schema, none runs a second migration at the same time)."""
+
+    first: str
+    others: tuple[str, ...]
+    old: str
+    new: str
+
+
+def lemmy_version(unit_text: str) -> str | None:
+    """The Lemmy version of a lemmy.service unit file (from its lemmy_server store path), or None."""
+    m = re.search(r"/nix/store/[a-z0-9]{32}-lemmy-server-([^/\s]+)/bin/lemmy_server", unit_text)
+    return m.group(1) if m else None
+
+
+def upgrade_batches(batches: Sequence[Batch], up: LemmyUpgrade) -> list[Batch]:
+    """BATCHES with UP.first alone in its batch (the rest of that batch right after it)."""
+    out: list[Batch] = []
+    for b in batches:
+        if up.first in b.machines and len(b.machines) > 1:
+            out.append(Batch(b.stage, (up.first,)))
+            out.append(Batch(b.stage, tuple(n for n in b.machines if n != up.first)))
+        else:
+            out.append(b)
+    return out
+
+
 def run_batches(
     batches: Sequence[Batch],
     run: Run,
@@ -303,6 +335,7 @@ def run_batches(
     recheck_after_rollback: bool = True,
     build: bool = False,
     state: State | None = None,
+    upgrade: Callable[[], LemmyUpgrade | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
@@ -323,6 +356,18 @@ def run_batches(
                 status[name] = BUILD_FAILED if name in failed else BUILT
             what = ", ".join(f"{n} (exit {rc})" for n, rc in failed.items())
             return Outcome(status, EXIT_COMMAND, f"the build of {what} failed; no machine was activated")
+    try:
+        up = upgrade() if upgrade is not None else None
+    except ValueError as exc:  # an upgrade that cannot be done safely: nothing was activated
+        return Outcome(status, EXIT_COMMAND, str(exc))
+    if up is not None:
+        batches = upgrade_batches(batches, up)
+        emit(
+            "",
+            f"Lemmy {up.old} -> {up.new}: {up.first} runs the database migrations, alone; "
+            + (f"{', '.join(up.others)} stop(s) before and start(s) after its own activation; " if up.others else "")
+            + f"the API does not write from the stop until {up.first} passes its checks",
+        )
     for index, batch in enumerate(batches, 1):
         names = list(batch.machines)
         emit("", f"batch {index}/{len(batches)} ({batch.stage}): {', '.join(names)}")
@@ -338,12 +383,35 @@ def run_batches(
                 return Outcome(status, EXIT_COMMAND, message, index)
             for n in names:
                 emit(n, f"running system: {before[n]}")
+        if up is not None and up.first in batch.machines:
+            stopped = list(up.others)
+            for name in stopped:
+                emit(name, "stop Lemmy (the migrations run in " + up.first + ")")
+                rc = run(name, "stop-lemmy")
+                if rc != 0:
+                    message = f"batch {index}: cannot stop Lemmy on {name} (exit {rc}); nothing of the upgrade started"
+                    for n in stopped[: stopped.index(name)]:
+                        run(n, "start-lemmy")
+                    return Outcome(status, EXIT_COMMAND, message, index)
         workers = max(1, min(parallel or len(names), len(names)))
         started_in_order, failed = _rebuild_batch(names, run, emit, workers, clock)
+        upgrading = up is not None and bool({up.first, *up.others} & set(names))
+        if up is not None and upgrading:
+            for name in [n for n in names if n in up.others and n not in failed]:
+                emit(name, "start Lemmy (after the migrations)")
+                run(name, "start-lemmy")
 
         if failed:
             what = ", ".join(f"{n} (exit {rc})" for n, rc in failed.items())
             message = f"batch {index}: the rebuild of {what} failed"
+            if up is not None and upgrading:
+                if up.first in names and state is not None and state(up.first) == before.get(up.first):
+                    # The first backend never switched: the schema is the old one; the others go on.
+                    for name in up.others:
+                        emit(name, "start Lemmy again (no migration ran)")
+                        run(name, "start-lemmy")
+                else:
+                    return _upgrade_failure(up, index, names, status, message, EXIT_COMMAND, {}, emit)
             return _roll_back(
                 index, started_in_order, run, check, status, EXIT_COMMAND, message, {}, emit,
                 recheck_after_rollback, check_timeout, check_interval, sleep, clock, state, before,
@@ -357,6 +425,8 @@ def run_batches(
                 for r in results:
                     emit(name, f"check FAILED: {r.name}: {r.detail}")
             message = f"batch {index}: checks of {', '.join(bad)} still failing after {check_timeout:g}s"
+            if up is not None and upgrading:
+                return _upgrade_failure(up, index, names, status, message, EXIT_CHECK, bad, emit)
             return _roll_back(
                 index, started_in_order, run, check, status, EXIT_CHECK, message, bad, emit,
                 recheck_after_rollback, check_timeout, check_interval, sleep, clock, state, before,
@@ -364,6 +434,31 @@ def run_batches(
         for name in names:
             status[name] = DEPLOYED
     return Outcome(status, EXIT_OK, f"{len(status)} machines deployed in {len(batches)} batches")
+
+
+def _upgrade_failure(
+    up: LemmyUpgrade,
+    index: int,
+    names: Sequence[str],
+    status: dict[str, str],
+    message: str,
+    exit_code: int,
+    bad: dict[str, list[CheckResult]],
+    emit: Emit,
+) -> Outcome:
+    """A failure while the new schema may be in place: nothing is rolled back (an older Lemmy must
+    not run against it), the stopped backends stay stopped."""
+    for name in names:
+        status[name] = UPGRADE_HELD
+    emit(
+        "",
+        f"{message}; Lemmy {up.new} may have migrated the database: nothing is rolled back (Lemmy {up.old} must not "
+        f"run against the new schema) and {', '.join(up.others) or 'no other backend'} stay(s) stopped; fix "
+        f"{up.first} and deploy again",
+    )
+    return Outcome(
+        status, exit_code, message + f"; the Lemmy upgrade is held ({up.first} migrated, others stopped)", index, bad
+    )
 
 
 def _read_states(names: Sequence[str], state: State) -> dict[str, str | None]:

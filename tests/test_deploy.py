@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import shlex
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -545,3 +546,103 @@ def test_drifted_hosts_and_untracked_files_are_refused_and_dry_run_lists_them(tm
     assert len(refused) == 2, out
     assert "# batch 1/" in out, "the plan is shown all the same"
     assert "a real run would refuse (2 problem(s) above)" in err
+
+
+# --------------------------------------------------------------------------- Lemmy upgrades
+
+UP_BATCHES = [
+    Batch("postgres-primary", ("db1",)),
+    Batch("pictrs", ("app1",)),
+    Batch("backend", ("app2", "app3")),
+    Batch("frontends", ("fe1",)),
+]
+UP = d.LemmyUpgrade("app1", ("app2", "app3"), "0.19.8", "0.19.9")
+
+
+def test_lemmy_version_of_a_unit_file() -> None:
+    unit = "ExecStart=/nix/store/" + "a" * 32 + "-lemmy-server-0.19.9/bin/lemmy_server\n"
+    assert d.lemmy_version(unit) == "0.19.9"
+    assert d.lemmy_version("ExecStart=/bin/true\n") is None
+
+
+def test_an_upgrade_migrates_in_one_backend_while_the_others_are_stopped() -> None:
+    fake = Fake()
+    out = go(fake, UP_BATCHES, upgrade=lambda: UP)
+    assert out.exit_code == d.EXIT_OK, out.message
+    log = fake.log
+    first = log.index(("rebuild", "app1"))
+    assert log.index(("stop-lemmy", "app2")) < first and log.index(("stop-lemmy", "app3")) < first
+    assert log.index(("rebuild", "db1")) < log.index(("stop-lemmy", "app2")), "stopped only when app1's turn comes"
+    first_checked = max(i for i, e in enumerate(log) if e == ("check", "app1"))
+    for other in ("app2", "app3"):
+        rebuilt, started = log.index(("rebuild", other)), log.index(("start-lemmy", other))
+        checked = log.index(("check", other))
+        assert first_checked < rebuilt < started < checked, "after the migrations; started before its checks"
+    assert any("Lemmy 0.19.8 -> 0.19.9: app1 runs the database migrations, alone" in m for _, m in fake.lines)
+
+
+def test_the_first_backend_is_alone_in_its_batch() -> None:
+    batches = d.upgrade_batches([Batch("backend", ("app1", "app2", "app3"))], UP)
+    assert batches == [Batch("backend", ("app1",)), Batch("backend", ("app2", "app3"))]
+
+
+def test_a_failed_upgrade_is_held_not_rolled_back() -> None:
+    """app1's checks fail after it may have migrated: rolling it back would run the old Lemmy
+    against the new schema, so nothing is rolled back and the other backends stay stopped."""
+    fake = Fake(unhealthy={"app1"})
+    out = go(fake, UP_BATCHES, upgrade=lambda: UP)
+    assert out.exit_code == d.EXIT_CHECK
+    assert fake.actions("rollback") == []
+    assert fake.actions("start-lemmy") == [], "the stopped backends stay stopped"
+    assert out.status["app1"] == d.UPGRADE_HELD and out.status["app2"] == d.NOT_STARTED
+    assert "the Lemmy upgrade is held (app1 migrated, others stopped)" in out.message
+
+
+def test_an_upgrade_whose_first_backend_never_switched_starts_the_others_again() -> None:
+    fake = Fake(fail_rebuild={"app1"})
+    st = States(["db1", "app1", "app2", "app3", "fe1"])
+    clock = Clock()
+    out = d.run_batches(
+        UP_BATCHES, st.wrap(fake), fake.check, emit=fake.emit, state=st.state, upgrade=lambda: UP,
+        sleep=clock.sleep, clock=clock,
+    )  # fmt: skip
+    assert out.exit_code == d.EXIT_COMMAND
+    assert sorted(fake.actions("start-lemmy")) == ["app2", "app3"], "no migration ran: the old Lemmy goes on"
+    assert fake.actions("rollback") == [] and out.status["app1"] == d.UNCHANGED
+
+
+def test_an_upgrade_that_would_leave_a_backend_out_activates_nothing() -> None:
+    def refuse() -> d.LemmyUpgrade:
+        raise ValueError("this deploy changes Lemmy 0.19.8 -> 0.19.9 ... add --role backend")
+
+    fake = Fake()
+    out = go(fake, UP_BATCHES, upgrade=refuse, build=True)
+    assert out.exit_code == d.EXIT_COMMAND and "add --role backend" in out.message
+    assert fake.actions("rebuild") == [] and len(fake.actions("build")) == 5
+
+
+def test_the_runner_refuses_an_upgrade_without_every_backend(tmp_path: Path) -> None:
+    from synth.commands.deploy import Runner
+    from synth.remote import SshOptions
+
+    c = load(EXAMPLES / "large.toml")
+    backends = c.machines_with("backend")
+    assert len(backends) == 2
+    unit = "etc/systemd/system/lemmy.service"
+
+    def system(version: str) -> Path:
+        p = tmp_path / version / unit
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"ExecStart=/nix/store/{'b' * 32}-lemmy-server-{version}/bin/lemmy_server\n")
+        return tmp_path / version
+
+    runner = Runner(c, {}, SshOptions(), lambda h, m: None, goal="switch", confirm_timeout=30, current_system="/x")
+    running = (system("0.19.8") / unit).read_text()
+    runner._ssh = lambda name, command, **kw: subprocess.CompletedProcess([], 0, running, "")  # type: ignore[method-assign]
+    runner.toplevel = {n: str(system("0.19.9")) for n in backends}
+    up = runner.lemmy_upgrade(backends)
+    assert up == d.LemmyUpgrade(backends[0], (backends[1],), "0.19.8", "0.19.9")
+    with pytest.raises(ValueError, match=f"leaves out the backend\\(s\\) {backends[1]}"):
+        runner.lemmy_upgrade([backends[0]])
+    runner.toplevel = {n: str(system("0.19.8")) for n in backends}
+    assert runner.lemmy_upgrade(backends) is None, "same version: no upgrade"

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from synth.errors import Problem
     from synth.model import Cluster
     from synth.remote import SshOptions
-    from synth.rollout import Command, HostCommands
+    from synth.rollout import Command, HostCommands, LemmyUpgrade
 
 
 @click.command("deploy")
@@ -264,6 +264,7 @@ def deploy(
         check_interval=check_interval,
         build=any(hc.build is not None for hc in commands.values()),
         state=runner.state,
+        upgrade=lambda: runner.lemmy_upgrade([n for b in batches for n in b.machines]),
     )
     if as_json:
         click.echo(
@@ -440,6 +441,17 @@ class Runner:
             return rc
         if action == "rollback":
             return self._roll_back(name)
+        if action in ("stop-lemmy", "start-lemmy"):
+            verb = action.split("-")[0]
+            # lemmy-federate (a dedicated sender) goes with lemmy_server, where there is one.
+            cmd = (
+                f"systemctl {verb} lemmy.service && if systemctl cat lemmy-federate.service >/dev/null 2>&1; "
+                f"then systemctl {verb} lemmy-federate.service; fi"
+            )
+            r = self._ssh(name, cmd, timeout=300)
+            for line in (r.stdout + r.stderr).splitlines():
+                self.emit(name, f"| {line}")
+            return r.returncode
         if hc.rebuild is not None:
             return self._stream(name, hc.rebuild, hc.env, hc.cwd)[0]
         return self._activate(name)
@@ -484,6 +496,46 @@ class Runner:
         )
         time.sleep(self.confirm_timeout + 5)
         return 1
+
+    def lemmy_upgrade(self, order: list[str]) -> LemmyUpgrade | None:
+        """The Lemmy upgrade this deploy makes, if the new systems' Lemmy differs from the running one.
+
+        Read from lemmy.service of the built system (here) and of the running one (over ssh). Raises
+        ValueError when the upgrade cannot be done safely: a backend of the cluster left out of the
+        deploy would go on writing with the old Lemmy against the new schema."""
+        from synth.rollout import LemmyUpgrade, lemmy_version
+
+        backends = [n for n in order if "backend" in self.c.machines[n].roles]
+        if not backends:
+            return None
+        unit = "etc/systemd/system/lemmy.service"
+        changes: dict[str, tuple[str, str]] = {}
+        for name in backends:
+            path = self.toplevel.get(name)
+            try:
+                new = lemmy_version(Path(path, unit).read_text()) if path is not None else None
+            except OSError:
+                new = None
+            if new is None:
+                self.emit(
+                    name, f"no Lemmy version in the new system's {unit} (or it was not built here): no upgrade handling"
+                )
+                continue
+            r = self._ssh(name, f"cat {shlex.quote(self.current_system)}/{unit}", timeout=30)
+            old = lemmy_version(r.stdout) if r.returncode == 0 else None
+            if old is not None and old != new:
+                changes[name] = (old, new)
+        if not changes:
+            return None
+        old, new = next(iter(changes.values()))
+        missing = [n for n in self.c.machines_with("backend") if n not in backends]
+        if missing:
+            raise ValueError(
+                f"this deploy changes Lemmy {old} -> {new}, whose migrations change the database, but leaves out the "
+                f"backend(s) {', '.join(missing)}, which would go on writing with Lemmy {old}: deploy every backend "
+                "together (add --role backend)"
+            )
+        return LemmyUpgrade(backends[0], tuple(backends[1:]), old, new)
 
     def _roll_back(self, name: str) -> int:
         from synth import activate
