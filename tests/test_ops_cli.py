@@ -369,3 +369,17 @@ def test_a_failure_after_the_cluster_file_was_written_says_what_state_things_are
     assert "cluster.toml WAS updated, but" in err and "was not regenerated (nothing of it was changed)" in err
     assert "run `synth generate" in err and "exists and was not written by synth" in err
     assert mine.read_text() == "{ }\n"
+
+
+def test_remove_machine_takes_its_own_comments_and_leaves_the_next_tables(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    text = toml.read_text()
+    text = text.replace("[machines.fe2]", "# fe2: the second frontend, rack B.\n[machines.fe2]")
+    text = text.replace("[machines.app1]", "# app1: the backend; keep it first.\n[machines.app1]")
+    toml.write_text(text)
+    assert run("generate", str(toml))[0] == 0
+    code, _, err = run("remove-machine", "fe2", "--cluster", str(toml))
+    assert code == 0, err
+    after = toml.read_text()
+    assert "rack B" not in after and "[machines.fe2]" not in after
+    assert "\n\n# app1: the backend; keep it first.\n[machines.app1]" in after
