@@ -516,7 +516,9 @@ def test_deploy_to_an_unreachable_machine_starts_nothing(tmp_path: Path) -> None
 
 
 def test_drifted_hosts_and_untracked_files_are_refused_and_dry_run_lists_them(tmp_path: Path) -> None:
-    import subprocess
+    from tests.conftest import require_tool
+
+    require_tool("git")
 
     repo = tmp_path / "repo"
     sub = repo / "site"
