@@ -54,8 +54,9 @@ in
       default = "root";
       description = ''
         The user `synth deploy` logs in as (cluster.toml's ssh_user). When it is not root, the
-        user is created (a normal user in group wheel) and may run any command with sudo without
-        a password (nixos-rebuild --sudo and `synth secrets push` run `sudo -n`).
+        user is created (a normal user in group wheel), may run any command with sudo without a
+        password (deploy's activation and `synth secrets push` run `sudo -n`), and is one of nix's
+        trusted users (the deploy copies the new system as this user).
       '';
     };
     authorizedKeys = mkOption {
@@ -103,6 +104,13 @@ in
           isNormalUser = lib.mkDefault true;
           extraGroups = [ "wheel" ];
         };
+        # `synth deploy` copies the new system as this user (nix copy --to ssh-ng://user@machine):
+        # nix accepts unsigned store paths from trusted users only (nixos/modules/config/nix.nix).
+        # (A definition replaces the option's default [ "root" ]: root is listed again.)
+        nix.settings.trusted-users = lib.optionals (user != "root") [
+          "root"
+          user
+        ];
         security.sudo.extraRules = lib.optional (user != "root") {
           users = [ user ];
           commands = [

@@ -37,6 +37,10 @@ ACTIVATE_SCRIPT = r"""#!/bin/sh
 # lemmy-cluster: activate NEW with GOAL; revert unless $dir/confirm appears within TIMEOUT seconds.
 set -u
 new=$1 goal=$2 timeout=$3 dir=$4 profile=$5 current=$6
+# A transient systemd unit has systemd's default PATH, which on NixOS holds no nix-env, date or
+# sleep: the tools of the running system, then of the new one.
+PATH="$current/sw/bin:$new/sw/bin:/nix/var/nix/profiles/default/bin:$PATH"
+export PATH
 say() { echo "$1" > "$dir/state.tmp" && mv -f "$dir/state.tmp" "$dir/state"; }
 prev=$(readlink -f "$current") || prev=
 echo "$prev" > "$dir/previous"
