@@ -106,20 +106,23 @@ in
         };
         # `synth deploy` copies the new system as this user (nix copy --to ssh-ng://user@machine):
         # nix accepts unsigned store paths from trusted users only (nixos/modules/config/nix.nix).
-        # (A definition replaces the option's default [ "root" ]: root is listed again.)
-        nix.settings.trusted-users = lib.optionals (user != "root") [
+        # (A definition replaces the option's default [ "root" ]: root is listed again; with root as
+        # the deploy user there is no definition at all.)
+        nix.settings.trusted-users = lib.mkIf (user != "root") [
           "root"
           user
         ];
-        security.sudo.extraRules = lib.optional (user != "root") {
-          users = [ user ];
-          commands = [
-            {
-              command = "ALL";
-              options = [ "NOPASSWD" ];
-            }
-          ];
-        };
+        security.sudo.extraRules = lib.mkIf (user != "root") [
+          {
+            users = [ user ];
+            commands = [
+              {
+                command = "ALL";
+                options = [ "NOPASSWD" ];
+              }
+            ];
+          }
+        ];
         services.lemmy-cluster.firewall.allow = lib.optionals (cfg.allowFrom != [ ]) (
           map (port: {
             inherit port;
