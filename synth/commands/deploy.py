@@ -46,7 +46,12 @@ if TYPE_CHECKING:
     default=None,
     help="Machines of one batch rebuilt at once (default: the whole batch).",
 )
-@click.option("--build-host", default=None, metavar="HOST", help="Build on HOST (nixos-rebuild --build-host).")
+@click.option(
+    "--build-host",
+    default=None,
+    metavar="HOST",
+    help="Build on HOST (nix build --store ssh-ng://HOST), then copy from there to each machine.",
+)
 @click.option(
     "--use-substitutes/--no-use-substitutes",
     default=True,
@@ -179,7 +184,8 @@ def deploy(
     connection within --confirm-timeout. When a build fails, nothing is activated. When an
     activation fails, or a batch's checks still fail after --check-timeout, nothing more starts
     and the machines of that batch whose running system changed go back to the one that ran
-    before (others are left alone). Exit codes: 0 all deployed; 1 bad input, refused, or a
+    before (others are left alone). A change of Lemmy's version migrates in the first backend
+    alone, the other backends stopped meanwhile (see the README). Exit codes: 0 all deployed; 1 bad input, refused, or a
     build, activation or rollback failed; 3 a batch failed its checks (never 2: that is a usage
     error).
     """
