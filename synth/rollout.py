@@ -122,7 +122,7 @@ def host_commands(name: str, user: str, address: str, s: Settings) -> HostComman
     copy: str | None = None
     rebuild: Command | None = None
     cwd: str | None = None
-    store = f"ssh-ng://{user}@{address}"
+    store = f"ssh-ng://{user}@[{address}]" if ":" in address else f"ssh-ng://{user}@{address}"
     nix = ["nix", "--extra-experimental-features", "nix-command flakes"]
     if s.backend == "nixos-rebuild":
         if s.build_host is None:
