@@ -648,3 +648,26 @@ def test_the_runner_refuses_an_upgrade_without_every_backend(tmp_path: Path) -> 
         runner.lemmy_upgrade([backends[0]])
     runner.toplevel = {n: str(system("0.19.8")) for n in backends}
     assert runner.lemmy_upgrade(backends) is None, "same version: no upgrade"
+
+
+def test_dry_run_json(tmp_path: Path) -> None:
+    import json
+
+    flake = _flake_with_hardware(tmp_path, "small")
+    code, out, err = cli("deploy", str(EXAMPLES / "small.toml"), "--dry-run", "--json", "--flake", str(flake))
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["refusals"] == [] and data["goal"] == "switch" and data["confirm_timeout"] == 30
+    assert data["batches"][0] == {"stage": "postgres-primary", "machines": ["db1"]}
+    (flake / "hosts" / "db1" / "hardware-configuration.nix").unlink()
+    code, out, _ = cli("deploy", str(EXAMPLES / "small.toml"), "--dry-run", "--json", "--flake", str(flake))
+    assert code == 1
+    assert [r.split(": ")[1] for r in json.loads(out)["refusals"]] == ["machines.db1"]
+
+
+def test_real_run_errors_as_json(tmp_path: Path) -> None:
+    import json
+
+    code, out, err = cli("deploy", str(tmp_path / "missing.toml"), "--json")
+    assert code == 1 and err == ""
+    assert json.loads(out)["ok"] is False
