@@ -165,16 +165,8 @@ in
           RemainAfterExit = true;
           TimeoutStartSec = cfg.privateAddressTimeout + 30;
         };
-        script = ''
-          deadline=$(( $(date +%s) + ${toString cfg.privateAddressTimeout} ))
-          while [ -z "$(ip -o addr show to ${lib.escapeShellArg cfg.privateAddress} -tentative)" ]; do
-            if [ "$(date +%s)" -ge "$deadline" ]; then
-              echo "lemmy-cluster: ${cfg.privateAddress} (services.lemmy-cluster.privateAddress) is not assigned to any interface after ${toString cfg.privateAddressTimeout} s; the services that bind it do not start" >&2
-              exit 1
-            fi
-            sleep 0.5
-          done
-        '';
+        # The same script the tests run (tests/live/test_private_address.py).
+        script = "exec ${pkgs.runtimeShell} ${./wait-address.sh} ${lib.escapeShellArg cfg.privateAddress} ${toString cfg.privateAddressTimeout}";
       };
     }
     // lib.genAttrs bindingUnits (_: {
