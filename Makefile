@@ -39,7 +39,10 @@ demo: setup
 	@sed 's/roles = \["backend"\]/roles = ["backnd"]/' examples/large.toml > build/demo-broken.toml
 	@$(SYNTH) generate build/demo-broken.toml --out build/demo-broken || true
 	@echo
-	@echo "Deploy one machine:  nixos-rebuild switch --flake .#fe1 --target-host root@203.0.113.10"
+	@echo "Deploy: add each machine's hosts/<m>/hardware-configuration.nix and configuration.nix (boot loader)"
+	@echo "and your key ([ssh] keys), commit, then see the safe order (database first, frontends last, half at a"
+	@echo "time; every machine built before any is activated):  synth deploy --dry-run cluster.toml"
+	@echo "and run it without --dry-run."
 
 lint: setup
 	$(BIN)/ruff check synth tests nixos-tests scripts

@@ -22,13 +22,17 @@
         let
           dir = ./hosts + "/${name}";
           hardware = dir + "/hardware-configuration.nix";
+          # The machine's own module, the admin's (synth never writes or deletes it): boot
+          # loader, disks, users, anything else; see the README.
+          own = dir + "/configuration.nix";
         in
         [
           self.nixosModules.default
           dir
           { nixpkgs.hostPlatform = lib.mkDefault machine.system; }
           (if builtins.pathExists hardware then hardware else ./modules/no-hardware.nix)
-        ];
+        ]
+        ++ lib.optional (builtins.pathExists own) own;
 
       # pyproject.toml's dependencies and the test dependencies the non-live tests import
       # (tests/test_flake_sandbox.py checks that they match).
@@ -37,7 +41,6 @@
           pydantic
           click
           tomlkit
-          paramiko
           pytest-testinfra
           cryptography
           pytest
@@ -47,6 +50,7 @@
     {
       nixosModules = {
         common = ./modules/common.nix;
+        access = ./modules/access.nix;
         frontend = ./modules/frontend;
         backend = ./modules/backend;
         pictrs = ./modules/pictrs;
@@ -79,7 +83,6 @@
             pydantic
             click
             tomlkit
-            paramiko
             pytest-testinfra
             cryptography
           ];

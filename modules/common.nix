@@ -13,6 +13,18 @@ let
   inherit (lib) mkOption types;
 
   inherit (import ./lib.nix { inherit lib; }) isIPv6;
+
+  # The units that bind the private address: each starts only once the address is assigned
+  # (lemmy-cluster-private-address.service), since a late address (DHCP, networkd) would leave
+  # PostgreSQL listening on localhost only and make the others fail to bind.
+  addressUnit = "lemmy-cluster-private-address.service";
+  bindingUnits =
+    lib.optional (cfg.postgres.enable or false) (if cfg.postgres.patroni.enable or false then "patroni" else "postgresql")
+    ++ lib.optional (cfg.etcd.enable or false) "etcd"
+    ++ lib.optional (cfg.pictrs.enable or false) "pict-rs"
+    ++ lib.optional (cfg.backend.enable or false) "lemmy"
+    ++ lib.optional (cfg.frontend.enable or false) "lemmy-ui"
+    ++ lib.optional (cfg.storage.enable or false) "garage";
   ruleType = types.submodule {
     options = {
       port = mkOption {
@@ -88,6 +100,16 @@ in
       ];
       description = "TCP ports opened to everyone (a frontend's HTTP and HTTPS).";
     };
+    privateAddressTimeout = mkOption {
+      type = types.ints.positive;
+      default = 120;
+      description = ''
+        Seconds lemmy-cluster-private-address.service waits for privateAddress to be assigned to
+        an interface (and, for IPv6, to finish duplicate address detection) before it fails; the
+        services that bind the address (PostgreSQL or Patroni, etcd, pict-rs, Lemmy, lemmy-ui,
+        Garage) require it and start after it.
+      '';
+    };
     firewall.allow = mkOption {
       type = types.listOf ruleType;
       default = [ ];
@@ -131,6 +153,26 @@ in
       // {
         ${cfg.privateAddress} = [ config.networking.hostName ];
       };
+
+    systemd.services = {
+      lemmy-cluster-private-address = {
+        description = "lemmy-cluster: wait until ${cfg.privateAddress} is assigned";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network-pre.target" ];
+        path = [ pkgs.iproute2 ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          TimeoutStartSec = cfg.privateAddressTimeout + 30;
+        };
+        # The same script the tests run (tests/live/test_private_address.py).
+        script = "exec ${pkgs.runtimeShell} ${./wait-address.sh} ${lib.escapeShellArg cfg.privateAddress} ${toString cfg.privateAddressTimeout}";
+      };
+    }
+    // lib.genAttrs bindingUnits (_: {
+      after = [ addressUnit ];
+      requires = [ addressUnit ];
+    });
 
     networking.firewall = {
       allowedTCPPorts = cfg.publicPorts;

@@ -3,6 +3,7 @@
 {
   imports = [
     ./common.nix
+    ./access.nix
     ./frontend
     ./backend
     ./pictrs

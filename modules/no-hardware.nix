@@ -10,6 +10,9 @@
     fsType = "ext4";
   };
   boot.loader.grub.enable = lib.mkDefault false;
+  # It refuses to switch (below), so it can lock nobody out: the key and boot loader assertions of
+  # modules/access.nix are skipped.
+  services.lemmy-cluster.access.evaluationOnly = true;
 
   warnings = [
     "lemmy-cluster: hosts/${config.networking.hostName}/hardware-configuration.nix is missing; this system is for evaluation only and refuses to switch. Create it with `nixos-generate-config --show-hardware-config` on the machine."

@@ -64,8 +64,10 @@ def files_at_revision(out: Path, rev: str) -> dict[str, str]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=out, capture_output=True, text=True, check=True).stdout
 
+    # Paths from the repository's root (--full-name), as `git show REV:PATH` wants them: OUT may be
+    # a subfolder of the repository (cluster.toml in a folder of its own).
     prefix = git("rev-parse", "--show-prefix").strip()
-    names = git("ls-tree", "-r", "--name-only", rev, "--", "hosts").splitlines()
+    names = git("ls-tree", "-r", "--name-only", "--full-name", rev, "--", "hosts").splitlines()
     old: dict[str, str] = {}
     for name in names:
         rel = name[len(prefix) :] if prefix and name.startswith(prefix) else name

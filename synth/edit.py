@@ -7,6 +7,7 @@ cluster invalid leaves the file untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ def add_machine(
     private_address: str | None = None,
     system: str | None = None,
     storage: dict[str, str] | None = None,
+    state_version: str | None = None,
 ) -> str:
     """TEXT with a new [machines.NAME] table appended after the last machine.
 
@@ -54,6 +56,9 @@ def add_machine(
     table.add("roles", list(roles))
     if system is not None:
         table.add("system", system)
+    if state_version is not None:
+        # system.stateVersion must never change on a machine: record the one it starts with.
+        table.add("state_version", state_version)
     for key, value in (storage or {}).items():
         table.add(key, value)
     machines[name] = table
@@ -134,7 +139,7 @@ def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
         raise SynthError(file, problems)
     doc = _doc(text, file)
     del doc["machines"][name]
-    out = str(tomlkit.dumps(doc))
+    out = _without_table(text, name, doc)
     if new_primary is not None:
         out = set_primary(out, file, new_primary)
     recorded = cluster.etcd.members
@@ -148,6 +153,41 @@ def remove_machine(text: str, file: str, cluster: Cluster, name: str) -> str:
             doc["etcd"]["members"] = [candidates[0] if m == name else m for m in recorded]
             out = str(tomlkit.dumps(doc))
     return out
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _without_table(text: str, name: str, expected: Any) -> str:
+    """TEXT without the table [machines.NAME] and the comment lines right above its header (its
+    own), keeping the comment lines right above the next header (the next table's). Falls back to
+    tomlkit's output (EXPECTED's) when the text is not laid out as one header per table."""
+    lines = text.splitlines(keepends=True)
+
+    def key(line: str) -> str | None:
+        m = _HEADER.match(line)
+        return m.group(1).replace(" ", "").replace('"', "") if m else None
+
+    start = next((i for i, line in enumerate(lines) if key(line) == f"machines.{name}"), None)
+    if start is None:
+        return str(tomlkit.dumps(expected))
+    end = next((i for i in range(start + 1, len(lines)) if key(lines[i]) is not None), len(lines))
+    # The next table's own comments: the comment lines right above its header.
+    while end < len(lines) and end > start + 1 and lines[end - 1].lstrip().startswith("#"):
+        end -= 1
+    while end > start + 1 and not lines[end - 1].strip():  # and the blank lines before them
+        end -= 1
+    first = start
+    while first > 0 and lines[first - 1].lstrip().startswith("#"):
+        first -= 1
+    while first > 0 and not lines[first - 1].strip() and (end == len(lines) or not lines[end].strip()):
+        first -= 1  # one blank separator is enough
+    out = "".join(lines[:first] + lines[end:])
+    try:
+        same = tomlkit.parse(out).unwrap() == expected.unwrap()
+    except Exception:
+        same = False
+    return out if same else str(tomlkit.dumps(expected))
 
 
 def set_primary(text: str, file: str, name: str) -> str:

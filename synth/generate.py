@@ -10,6 +10,7 @@ deleted: a conflict is an error before anything is written.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,34 @@ def is_generated(path: Path) -> bool:
         return False
 
 
+_STATE_VERSION = re.compile(r'^\s*stateVersion = "([^"]*)";', re.M)
+
+
+def state_version_changes(out: Path, files: dict[str, str], changed: list[str]) -> list[Problem]:
+    """A machine whose generated system.stateVersion would change: refused, with the fix.
+
+    NixOS keeps data formats by stateVersion (PostgreSQL's data directory among them): it must stay
+    what the machine was installed with.
+    """
+    problems: list[Problem] = []
+    for rel in changed:
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[2] != "default.nix":
+            continue
+        old = _STATE_VERSION.search((out / rel).read_text(encoding="utf-8", errors="replace"))
+        new = _STATE_VERSION.search(files[rel])
+        if old and new and old.group(1) != new.group(1):
+            problems.append(
+                Problem(
+                    f"machines.{parts[1]}.state_version",
+                    f"{out / rel} has system.stateVersion {old.group(1)!r} and would get {new.group(1)!r}: it "
+                    f'must never change on an existing machine; add state_version = "{old.group(1)}" to '
+                    f"[machines.{parts[1]}] ([cluster] state_version is for machines added later)",
+                )
+            )
+    return problems
+
+
 def diff(out: Path, files: dict[str, str], source: str) -> Changes:
     """Compare FILES (relative to OUT) with the disk. Raise SynthError on a foreign-file conflict."""
     ch = Changes()
@@ -64,6 +93,7 @@ def diff(out: Path, files: dict[str, str], source: str) -> Changes:
             ch.changed.append(rel)
         else:
             ch.unchanged.append(rel)
+    problems += state_version_changes(out, files, ch.changed)
     if problems:
         raise SynthError(source, problems)
     managed = out / MANAGED_DIR

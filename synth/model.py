@@ -125,12 +125,22 @@ class SecretsSection(_Strict):
     dir: str = "/var/lib/lemmy-cluster/secrets"
 
 
+class SshSection(_Strict):
+    # The admins' OpenSSH public keys: every machine authorises them for its ssh_user.
+    keys: list[str] = Field(default_factory=list)
+    # Networks allowed to reach sshd (port 22); empty: everywhere.
+    allow_from: list[str] = Field(default_factory=list)
+
+
 class Machine(_Strict):
     address: str
     private_address: str | None = None
     roles: list[Role]
     system: str | None = None
     ssh_user: str = "root"
+    # system.stateVersion of this machine, recorded when it was added; never changed afterwards
+    # (default: [cluster] state_version, meant for machines added later).
+    state_version: str | None = None
     # role "storage" only: the disk space Garage may use here (e.g. "500G"), its zone (default:
     # the machine's name) and its Garage node id (recorded by `synth secrets init`).
     storage_capacity: str | None = None
@@ -147,11 +157,16 @@ class Cluster(_Strict):
     lemmy: LemmySection = LemmySection()
     etcd: EtcdSection = EtcdSection()
     secrets: SecretsSection = SecretsSection()
+    ssh: SshSection = SshSection()
     machines: dict[str, Machine]
 
     def machines_with(self, role: str) -> list[str]:
         """Names of the machines that have ROLE, in file order."""
         return [name for name, m in self.machines.items() if role in m.roles]
+
+    def state_version(self, name: str) -> str:
+        sv = self.machines[name].state_version
+        return sv if sv is not None else self.cluster.state_version
 
     def private_address(self, name: str) -> str:
         m = self.machines[name]
@@ -331,6 +346,10 @@ def valid_dns_name(text: str) -> bool:
     return all(_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
 
 
+def _not_linux(path: str, system: str) -> Problem:
+    return Problem(path, f"{system!r} is not a Linux system: NixOS machines are 'x86_64-linux' or 'aarch64-linux'")
+
+
 def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
     """Every rule that involves more than one field. Returns all problems, sorted by path.
 
@@ -353,6 +372,8 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
         p.append(Problem("cluster.admin_email", f"{cl.admin_email!r} is not an email address"))
     if not _SYSTEM_RE.match(cl.system):
         p.append(Problem("cluster.system", f"{cl.system!r} is not a Nix system such as 'x86_64-linux'"))
+    elif not cl.system.endswith("-linux"):
+        p.append(_not_linux("cluster.system", cl.system))
     if not _STATE_VERSION_RE.match(cl.state_version):
         p.append(Problem("cluster.state_version", "must look like '26.05'"))
     if cl.site_name is not None and not 1 <= len(cl.site_name) <= 20:
@@ -379,12 +400,67 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
     if not sd.startswith("/") or sd.startswith("/nix/store"):
         p.append(Problem("secrets.dir", "must be an absolute path on the hosts, outside /nix/store"))
 
+    p += _check_ssh(c.ssh)
     p += _check_machines(c.machines)
     p += _check_roles(c)
     p += _check_failover(c)
     p += _check_storage(c, pending_node_ids)
     p += _check_lemmy(c)
     return sorted(p)
+
+
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+def ssh_key_problem(key: str) -> str | None:
+    """Why KEY is not an OpenSSH public key line (`TYPE BASE64 [COMMENT]`), or None."""
+    import base64
+    import binascii
+
+    if "\n" in key or "\r" in key:
+        return "one key per string, on one line"
+    parts = key.split(None, 2)
+    if len(parts) < 2:
+        return "expected 'TYPE BASE64 [COMMENT]', as in ~/.ssh/id_ed25519.pub"
+    kind, blob = parts[0], parts[1]
+    if kind not in SSH_KEY_TYPES:
+        hint = " (this is a private key: give the .pub file's line)" if "PRIVATE" in key else ""
+        return f"unknown key type {kind!r}{hint}; expected one of {', '.join(SSH_KEY_TYPES)}"
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return "the key's base64 part does not decode; copy the whole line of the .pub file"
+    n = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if raw[4 : 4 + n] != kind.encode():
+        return f"the key's data is not a {kind} key; copy the whole line of the .pub file"
+    return None
+
+
+def _check_ssh(s: SshSection) -> list[Problem]:
+    p: list[Problem] = []
+    for i, key in enumerate(s.keys):
+        why = ssh_key_problem(key)
+        if why is not None:
+            p.append(Problem(dotted(("ssh", "keys", i)), why))
+    for i, net in enumerate(s.allow_from):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            p.append(
+                Problem(
+                    dotted(("ssh", "allow_from", i)),
+                    f"{net!r} is not an IP address or network such as '198.51.100.0/24'",
+                )
+            )
+    return p
 
 
 def smtp_port(e: EmailSection) -> int:
@@ -628,12 +704,43 @@ def _check_backend_section(c: Cluster) -> list[Problem]:
     return p
 
 
+# What modules/postgres/{streaming,patroni}-settings.nix give PostgreSQL: one WAL sender and one
+# slot per replica, and one sender to spare for a new replica's clone (pg_basebackup).
+PG_MAX_WAL_SENDERS = 10
+PG_MAX_REPLICATION_SLOTS = 10
+MAX_POSTGRES_MACHINES = min(PG_MAX_WAL_SENDERS - 1, PG_MAX_REPLICATION_SLOTS) + 1
+
+
+def _address_problems(path: str, addr: str, several: bool) -> list[Problem]:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return []
+    if ip.is_unspecified:
+        return [
+            Problem(path, f"{addr} is the unspecified address (any interface), not a machine's: give its own address")
+        ]
+    if ip.is_loopback and several:
+        return [
+            Problem(
+                path,
+                f"{addr} is a loopback address: the other machines of the cluster cannot reach it; give the "
+                "machine's address on the network they share",
+            )
+        ]
+    return []
+
+
 def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
     p: list[Problem] = []
     public: dict[str, str] = {}
     private: dict[str, str] = {}
+    several = len(machines) > 1
     for name, m in machines.items():
         base = ("machines", name)
+        p += _address_problems(dotted((*base, "address")), m.address, several and m.private_address is None)
+        if m.private_address is not None:
+            p += _address_problems(dotted((*base, "private_address")), m.private_address, several)
         if not _LABEL_RE.match(name):
             p.append(_machine_name_problem(name))
         if not (_is_ip(m.address) or valid_dns_name(m.address)):
@@ -659,6 +766,10 @@ def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
             seen.add(role)
         if m.system is not None and not _SYSTEM_RE.match(m.system):
             p.append(Problem(dotted((*base, "system")), f"{m.system!r} is not a Nix system such as 'x86_64-linux'"))
+        elif m.system is not None and not m.system.endswith("-linux"):
+            p.append(_not_linux(dotted((*base, "system")), m.system))
+        if m.state_version is not None and not _STATE_VERSION_RE.match(m.state_version):
+            p.append(Problem(dotted((*base, "state_version")), "must look like '26.05'"))
         if not re.match(r"^[a-z_][a-z0-9_-]*$", m.ssh_user):
             p.append(Problem(dotted((*base, "ssh_user")), "not a valid user name"))
         p += _check_storage_fields(name, m)
@@ -852,6 +963,16 @@ def _norm(addr: str) -> str:
 
 def _check_roles(c: Cluster) -> list[Problem]:
     p: list[Problem] = []
+    pg_machines = c.machines_with("postgres")
+    if len(pg_machines) > MAX_POSTGRES_MACHINES:
+        p.append(
+            Problem(
+                "machines",
+                f"{len(pg_machines)} postgres machines, but the postgres module allows {PG_MAX_WAL_SENDERS} "
+                f"WAL senders and {PG_MAX_REPLICATION_SLOTS} replication slots: one per replica and one sender "
+                f"spare for a new replica's clone, so at most {MAX_POSTGRES_MACHINES} postgres machines",
+            )
+        )
     pg = c.postgres
     if pg.version not in POSTGRES_VERSIONS:
         p.append(

@@ -1,12 +1,10 @@
 """SSH helpers shared by `synth secrets push`, `synth verify` and `synth deploy`.
 
-Two ways in, both configured by the same `SshOptions` (the user's `--ssh-option` and `--identity`):
-
-- the system `ssh` client, for shell scripts fed through stdin (`secrets push`) and, through
-  NIX_SSHOPTS, for nixos-rebuild;
-- paramiko under testinfra, for the role checks. Unlike testinfra's own paramiko backend, which
-  accepts any host key, the client built here checks host keys against ~/.ssh/known_hosts (and
-  UserKnownHostsFile) and refuses unknown ones unless StrictHostKeyChecking says otherwise.
+One way in: the system OpenSSH client, configured by one `SshOptions` (the user's `--ssh-option`,
+`--identity` and `--ssh-config`, on top of ~/.ssh/config), for shell scripts fed through stdin
+(`secrets push`, `promote`), for nixos-rebuild and nix (through NIX_SSHOPTS), for the state reads
+and confirmations of `deploy`, and for the role checks (testinfra's ssh backend). An option that
+OpenSSH does not know is refused before anything runs (`ssh -G` parses them: `check_options`).
 
 Nothing secret is ever put on a command line: secret contents travel base64-encoded in a here
 document inside the script that `sh -s` reads from its stdin.
@@ -20,7 +18,6 @@ import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 PUSH_MARK = "lc-secret"
@@ -34,6 +31,7 @@ class SshOptions:
     options: tuple[str, ...] = ()
     identity: str | None = None
     connect_timeout: int = 10
+    config_file: str | None = None  # ssh -F (default: ~/.ssh/config and /etc/ssh/ssh_config)
 
     def settings(self) -> dict[str, str]:
         """The options as {lowercase key: value}; the first occurrence wins, as with ssh."""
@@ -43,9 +41,9 @@ class SshOptions:
             out.setdefault(key.lower(), value)
         return out
 
-    def ssh_args(self) -> list[str]:
+    def ssh_args(self, with_config: bool = True) -> list[str]:
         """Arguments for the ssh client: the user's options first (ssh keeps the first value)."""
-        args: list[str] = []
+        args: list[str] = ["-F", self.config_file] if with_config and self.config_file is not None else []
         for opt in self.options:
             args += ["-o", opt]
         if self.identity is not None:
@@ -56,7 +54,7 @@ class SshOptions:
 
     def nix_sshopts(self) -> str:
         """NIX_SSHOPTS for nixos-rebuild / nix copy (a shell-split string), or "" when there is nothing."""
-        args: list[str] = []
+        args: list[str] = ["-F", self.config_file] if self.config_file is not None else []
         for opt in self.options:
             args += ["-o", opt]
         if self.identity is not None:
@@ -75,6 +73,36 @@ def split_option(opt: str) -> tuple[str, str]:
     raise ValueError(f"not an ssh option (Key=Value): {opt!r}")
 
 
+def _ssh_g(ssh: str, args: list[str]) -> tuple[int, list[str]]:
+    argv = [ssh, "-G", *args, "lemmy-cluster-option-check"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        return 255, [f"cannot run {ssh} (OpenSSH's client, which synth reaches every machine through): {exc}"]
+    except subprocess.TimeoutExpired:
+        return 255, [f"`{shlex.join(argv)}` did not finish within 30 s"]
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    return proc.returncode, lines or ([] if proc.returncode == 0 else [f"exit code {proc.returncode}"])
+
+
+def check_options(opts: SshOptions, ssh: str = "ssh") -> list[str]:
+    """What OpenSSH says is wrong with OPTS ([] when nothing): `ssh -G` parses the configuration
+    and every -o option (names and values) without connecting. Each message names the option."""
+    rc, said = _ssh_g(ssh, opts.ssh_args())
+    if rc == 0:
+        return []
+    out: list[str] = []
+    if opts.config_file is not None:
+        crc, csaid = _ssh_g(ssh, ["-F", opts.config_file])
+        if crc != 0:
+            out += [f"{opts.config_file}: {line}" for line in csaid]
+    for opt in opts.options:
+        orc, osaid = _ssh_g(ssh, ["-F", "none", "-o", opt])
+        if orc != 0:
+            out += [f"-o {opt}: {line.removeprefix('command-line line 0: ')}" for line in osaid]
+    return out or said
+
+
 def destination(user: str, address: str) -> str:
     return f"{user}@{address}"
 
@@ -82,6 +110,21 @@ def destination(user: str, address: str) -> str:
 def ssh_argv(user: str, address: str, remote_command: str, opts: SshOptions) -> list[str]:
     """argv running REMOTE_COMMAND on USER@ADDRESS with the system ssh client, never prompting."""
     return ["ssh", *opts.ssh_args(), "-o", "BatchMode=yes", destination(user, address), remote_command]
+
+
+def ssh_run(
+    user: str, address: str, remote_command: str, opts: SshOptions, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run REMOTE_COMMAND on USER@ADDRESS; a timeout or a missing ssh is exit code 255, as ssh's own failures."""
+    argv = ssh_argv(user, address, remote_command, opts)
+    try:
+        return subprocess.run(argv, input=stdin, text=True, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(
+            argv, 255, "", f"ssh {destination(user, address)}: no answer within {timeout:g}s"
+        )
+    except OSError as exc:
+        return subprocess.CompletedProcess(argv, 255, "", f"cannot run ssh: {exc}")
 
 
 # --------------------------------------------------------------------------- secrets push
@@ -187,73 +230,46 @@ def push_secrets(
     return PushResult(host, statuses)
 
 
-# --------------------------------------------------------------------------- testinfra over paramiko
-
-
-def _host_key_policy(value: str | None) -> Any:
-    import paramiko  # type: ignore[import-untyped]
-
-    if value is None or value.lower() in ("yes", "ask"):
-        return paramiko.RejectPolicy()
-    # "no", "off" and "accept-new": accept a key that is not known yet (never a changed one:
-    # paramiko raises BadHostKeyException for a known host whose key differs).
-    return paramiko.AutoAddPolicy()
-
-
-def paramiko_client(user: str, address: str, opts: SshOptions, timeout: float | None = None) -> Any:
-    """A connected paramiko SSHClient that honours the ssh options that matter for it.
-
-    Honoured: StrictHostKeyChecking, UserKnownHostsFile, Port, ConnectTimeout, IdentityFile (and
-    `--identity`). Other options only apply to the ssh client (secrets push, nixos-rebuild).
-    """
-    import logging
-
-    import paramiko
-
-    # paramiko logs every failed handshake with a traceback; the caller reports the exception itself.
-    logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    logging.getLogger("paramiko").propagate = False
-    settings = opts.settings()
-    client = paramiko.SSHClient()
-    client.load_system_host_keys()
-    known = settings.get("userknownhostsfile")
-    for path in known.split() if known else []:
-        p = Path(path).expanduser()
-        if p.is_file():
-            client.load_host_keys(str(p))
-    client.set_missing_host_key_policy(_host_key_policy(settings.get("stricthostkeychecking")))
-    identity = opts.identity or settings.get("identityfile")
-    connect_timeout = float(settings.get("connecttimeout", timeout or opts.connect_timeout))
-    client.connect(
-        hostname=address,
-        port=int(settings.get("port", "22")),
-        username=user,
-        key_filename=str(Path(identity).expanduser()) if identity else None,
-        timeout=connect_timeout,
-        banner_timeout=connect_timeout,
-        auth_timeout=connect_timeout,
-        look_for_keys=identity is None,
-    )
-    return client
+# --------------------------------------------------------------------------- testinfra over OpenSSH
 
 
 def testinfra_host(user: str, address: str, opts: SshOptions) -> Any:
-    """A testinfra Host over paramiko (`paramiko://USER@ADDRESS`) on a client built by paramiko_client."""
-    from testinfra.backend.paramiko import ParamikoBackend  # type: ignore[import-untyped]
+    """A testinfra Host over the system ssh client (testinfra's `ssh` backend).
+
+    The same ssh, ssh_config (the admin's ~/.ssh/config, or --ssh-config), -o options and identity
+    as rebuilds and `secrets push`: ProxyJump, host key checking, ports and the rest apply to the
+    checks too. One ssh process per command; connection sharing is the ssh_config's (ControlMaster).
+    """
+    from testinfra.backend.ssh import SshBackend  # type: ignore[import-untyped]
     from testinfra.host import Host  # type: ignore[import-untyped]
 
-    spec = f"paramiko://{user}@[{address}]" if ":" in address else f"paramiko://{user}@{address}"
-    backend = ParamikoBackend(spec, ssh_identity_file=opts.identity, timeout=opts.connect_timeout)
-    # ParamikoBackend.client is a cached_property that would connect with testinfra's accept-any
-    # host key policy; hand it the client connected above instead.
-    backend.__dict__["client"] = paramiko_client(user, address, opts)
+    spec = f"{user}@[{address}]" if ":" in address else f"{user}@{address}"
+    extra = [*opts.ssh_args(with_config=False), "-o", "BatchMode=yes"]
+    backend = SshBackend(
+        spec,
+        ssh_config=opts.config_file,
+        timeout=opts.connect_timeout,
+        controlpersist=0,
+        ssh_extra_args=shlex.join(extra),
+    )
     return Host(backend)
 
 
+def login_problem(host: Any) -> str | None:
+    """Why HOST (from testinfra_host) cannot be logged in to, or None."""
+    try:
+        result = host.run("true")
+    except Exception as exc:  # testinfra raises RuntimeError(CommandResult) on ssh's exit code 255
+        out = exc.args[0] if exc.args else exc
+        err = getattr(out, "stderr", "") or str(out)
+        return err.strip() or f"{type(exc).__name__}"
+    if result.rc != 0:
+        return f"`true` exited with {result.rc}: {result.stderr.strip()}"
+    return None
+
+
 def close_testinfra_host(host: Any) -> None:
-    client = getattr(host.backend, "__dict__", {}).get("client")
-    if client is not None:
-        client.close()
+    """Nothing to close: every command was its own ssh process (kept for the callers)."""
 
 
 def run_streamed(

@@ -60,6 +60,15 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
     }
     if h.public_ports:
         lc["publicPorts"] = list(h.public_ports)
+    access: dict[str, Any] = {}
+    if c.machines[h.name].ssh_user != "root":
+        access["deployUser"] = c.machines[h.name].ssh_user
+    if c.ssh.keys:
+        access["authorizedKeys"] = list(c.ssh.keys)
+    if c.ssh.allow_from:
+        access["allowFrom"] = list(c.ssh.allow_from)
+    if access:
+        lc["access"] = access
     if h.frontend:
         fe: dict[str, Any] = {"enable": True, "tls": cl.tls}
         if cl.tls == "acme":
@@ -238,7 +247,7 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
         lc["storage"] = storage
     return {
         "networking": {"hostName": h.name},
-        "system": {"stateVersion": cl.state_version},
+        "system": {"stateVersion": c.state_version(h.name)},
         "services": {"lemmy-cluster": lc},
     }
 

@@ -4,6 +4,8 @@ the commands it builds; `synth deploy --dry-run` against reviewed golden outputs
 from __future__ import annotations
 
 import itertools
+import shlex
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -159,7 +161,7 @@ def test_next_batch_waits_until_the_checks_pass() -> None:
 def test_failing_checks_roll_back_only_that_batch_and_stop() -> None:
     fake = Fake(unhealthy={"fe2"})
     out = go(fake)
-    assert out.exit_code == d.EXIT_CHECK == 2
+    assert out.exit_code == d.EXIT_CHECK == 3
     assert out.failed_batch == 4
     assert sorted(fake.actions("rollback")) == ["fe1", "fe2"], "exactly the failing batch is rolled back"
     assert "fe3" not in fake.actions("rebuild") and "fe4" not in fake.actions("rebuild")
@@ -295,60 +297,161 @@ def test_progress_names_the_host_on_every_event() -> None:
     assert any(m.startswith("batch 4/5 (frontends): fe1, fe2") for h, m in fake.lines if not h)
 
 
+class States:
+    """Running systems per machine; a rebuild of a machine in CHANGES switches it to a new one."""
+
+    def __init__(self, names: Iterable[str], changes: Iterable[str] = (), unreadable: Iterable[str] = ()) -> None:
+        self.now = {n: f"/nix/store/old-{n}" for n in names}
+        self.changes = set(changes)
+        self.unreadable = set(unreadable)
+
+    def state(self, name: str) -> str | None:
+        return None if name in self.unreadable else self.now[name]
+
+    def wrap(self, fake: Fake) -> d.Run:
+        def run(name: str, action: str) -> int:
+            rc = fake.run(name, action)
+            if action == "rebuild" and name in self.changes:
+                self.now[name] = f"/nix/store/new-{name}"
+            if action == "rollback" and rc == 0:
+                self.now[name] = f"/nix/store/old-{name}"
+            return rc
+
+        return run
+
+
+def test_a_failed_rebuild_that_changed_nothing_rolls_nothing_back() -> None:
+    """An evaluation error, a missing file: the rebuild never switched, so the healthy machine,
+    the database primary included, stays on the system it runs."""
+    fake = Fake(fail_rebuild={"db1"})
+    st = States(ALL)
+    clock = Clock()
+    out = d.run_batches(
+        BATCHES, st.wrap(fake), fake.check, emit=fake.emit, state=st.state, sleep=clock.sleep, clock=clock
+    )
+    assert out.exit_code == d.EXIT_COMMAND
+    assert fake.actions("rollback") == []
+    assert out.status["db1"] == d.UNCHANGED
+    assert ("db1", "running system unchanged (/nix/store/old-db1): not rolled back") in fake.lines
+
+
+def test_only_machines_whose_system_changed_are_rolled_back() -> None:
+    fake = Fake(unhealthy={"fe2"})
+    st = States(ALL, changes={"fe2"})  # fe1's rebuild found nothing to change
+    clock = Clock()
+    out = d.run_batches(
+        BATCHES, st.wrap(fake), fake.check, emit=fake.emit, state=st.state, sleep=clock.sleep, clock=clock
+    )
+    assert out.exit_code == d.EXIT_CHECK
+    assert fake.actions("rollback") == ["fe2"]
+    assert out.status["fe1"] == d.UNCHANGED and out.status["fe2"] == d.ROLLED_BACK
+    assert st.now["fe2"] == "/nix/store/old-fe2"
+
+
+def test_a_machine_whose_system_cannot_be_read_starts_nothing_of_its_batch() -> None:
+    fake = Fake()
+    st = States(ALL, unreadable={"fe2"})
+    clock = Clock()
+    out = d.run_batches(
+        BATCHES, st.wrap(fake), fake.check, emit=fake.emit, state=st.state, sleep=clock.sleep, clock=clock
+    )
+    assert out.exit_code == d.EXIT_COMMAND
+    assert "fe1" not in fake.actions("rebuild") and "fe2" not in fake.actions("rebuild")
+    assert out.status["app1"] == d.DEPLOYED and out.status["fe1"] == d.NOT_STARTED
+    assert "cannot read the running system of fe2" in out.message
+
+
+def test_every_machine_is_built_before_any_is_activated() -> None:
+    fake = Fake()
+    go(fake, build=True)
+    builds = [i for i, (a, _) in enumerate(fake.log) if a == "build"]
+    first_rebuild = next(i for i, (a, _) in enumerate(fake.log) if a == "rebuild")
+    assert len(builds) == len(ALL) and max(builds) < first_rebuild
+
+
+def test_a_failed_build_activates_nothing() -> None:
+    fake = Fake(fail_rebuild=set())
+    failing = Fake()
+
+    def run(name: str, action: str) -> int:
+        rc = fake.run(name, action)
+        return 1 if action == "build" and name == "fe3" else rc
+
+    clock = Clock()
+    out = d.run_batches(BATCHES, run, failing.check, emit=fake.emit, build=True, sleep=clock.sleep, clock=clock)
+    assert out.exit_code == d.EXIT_COMMAND
+    assert fake.actions("rebuild") == [] and fake.actions("rollback") == []
+    assert sorted(fake.actions("build")) == sorted(ALL), "every build runs, so every failure is reported at once"
+    assert out.status["fe3"] == d.BUILD_FAILED and out.status["db1"] == d.BUILT
+    assert out.message == "the build of fe3 (exit 1) failed; no machine was activated"
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def test_nixos_rebuild_commands() -> None:
-    s = d.Settings(flake=".", nix_sshopts="-o StrictHostKeyChecking=accept-new", build_host="builder")
+    s = d.Settings(flake=".", nix_sshopts="-o StrictHostKeyChecking=accept-new")
     hc = d.host_commands("db1", "root", "10.0.0.30", s)
-    assert hc.rebuild == [
-        "nixos-rebuild", "switch", "--flake", ".#db1", "--target-host", "root@10.0.0.30",
-        "--build-host", "builder", "--use-substitutes",
-    ]  # fmt: skip
-    assert hc.rollback == [
-        "nixos-rebuild",
-        "switch",
-        "--rollback",
-        "--flake",
-        ".#db1",
-        "--target-host",
-        "root@10.0.0.30",
-    ]
+    nix = ["nix", "--extra-experimental-features", "nix-command flakes"]
+    toplevel = ".#nixosConfigurations.db1.config.system.build.toplevel"
+    assert hc.build == [*nix, "build", "--no-link", "--print-out-paths", toplevel]
+    assert hc.copy == f"{shlex.join(nix)} copy --to ssh-ng://root@10.0.0.30 --substitute-on-destination {{path}}"
+    assert hc.rebuild is None, "activation is synth's own (synth.activate), with its magic rollback"
+    assert hc.rollback is None, "the rollback goes back to the system that ran before, over ssh"
     assert hc.env == {"NIX_SSHOPTS": "-o StrictHostKeyChecking=accept-new"}
     deployer = d.host_commands("fe1", "deployer", "fe1.example.org", d.Settings(flake="site", use_substitutes=False))
-    assert deployer.rebuild == [
-        "nixos-rebuild", "switch", "--flake", "./site#fe1", "--target-host", "deployer@fe1.example.org",
-        "--use-remote-sudo",
-    ]  # fmt: skip
+    assert (
+        deployer.build is not None
+        and deployer.build[-1] == "./site#nixosConfigurations.fe1.config.system.build.toplevel"
+    )
+    assert deployer.copy == f"{shlex.join(nix)} copy --to ssh-ng://deployer@fe1.example.org {{path}}"
     assert deployer.env == {}
+    built = d.host_commands("db1", "root", "10.0.0.30", d.Settings(flake=".", build_host="builder"))
+    assert built.build is not None and built.build[6:10] == ["--eval-store", "auto", "--store", "ssh-ng://builder"]
+    assert built.copy == f"{shlex.join(nix)} copy --from ssh-ng://builder --to ssh-ng://root@10.0.0.30 {{path}}"
 
 
 def test_nixops4_command() -> None:
     hc = d.host_commands("db1", "root", "10.0.0.30", d.Settings(flake="/srv/cluster", backend="nixops4"))
     assert hc.rebuild == ["nixops4", "apply", "--no-interactive", "db1"]
     assert hc.cwd == "/srv/cluster"
-    assert hc.rollback[:3] == ["nixos-rebuild", "switch", "--rollback"]
+    assert hc.build is None and hc.rollback is None
 
 
 def test_templates_replace_placeholders_quoted_and_leave_shell_syntax() -> None:
     s = d.Settings(
         flake="my flake",
         rebuild_template="echo {name} {address} {user} {flake} ${HOME} {other}",
-        rollback_template="undo {name}",
+        rollback_template="undo {name} {before}",
+        build_template="make {name}",
     )
     hc = d.host_commands("fe1", "root", "10.0.0.10", s)
     assert hc.rebuild == "echo fe1 10.0.0.10 root './my flake' ${HOME} {other}"
-    assert hc.rollback == "undo fe1"
+    assert hc.rollback == "undo fe1 {before}", "{before} is known once the machine's system was read"
+    assert d.expand(hc.rollback, {"before": "/nix/store/x y"}) == "undo fe1 '/nix/store/x y'"
+    assert hc.build == "make fe1"
+    assert d.host_commands("fe1", "root", "10.0.0.10", d.Settings(flake=".", rebuild_template="x")).build is None
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def _flake_with_hardware(folder: Path, example: str) -> Path:
+    """FOLDER with EXAMPLE's generated hosts/ and a hardware configuration for every machine."""
+    assert cli("generate", str(EXAMPLES / f"{example}.toml"), "--out", str(folder))[0] == 0
     for name in load(EXAMPLES / f"{example}.toml").machines:
         (folder / "hosts" / name).mkdir(parents=True, exist_ok=True)
         (folder / "hosts" / name / "hardware-configuration.nix").write_text("{ }\n")
     return folder
+
+
+def _cluster_in(folder: Path, example: str = "small") -> Path:
+    """A copy of EXAMPLE in FOLDER with its hosts/ generated (no drift)."""
+    import shutil
+
+    shutil.copy(EXAMPLES / f"{example}.toml", folder / "cluster.toml")
+    assert cli("generate", str(folder / "cluster.toml"))[0] == 0
+    return folder / "cluster.toml"
 
 
 @pytest.mark.parametrize("example", ["small", "large"])
@@ -361,7 +464,7 @@ def test_dry_run_golden(example: str, tmp_path: Path) -> None:
     assert code == 0, err
     golden = (GOLDEN / f"{example}.txt").read_text()
     assert out == golden, f"differs from tests/golden/deploy/{example}.txt:\n{out}"
-    assert list(flake.iterdir()) == [flake / "hosts"], "a dry run writes nothing"
+    assert [p.name for p in flake.iterdir()] == ["hosts"], "a dry run writes nothing"
 
 
 def test_dry_run_selection_by_host_and_role(tmp_path: Path) -> None:
@@ -373,6 +476,7 @@ def test_dry_run_selection_by_host_and_role(tmp_path: Path) -> None:
     assert code == 0, err
     commands = [line for line in out.splitlines() if not line.startswith("#")]
     assert commands == ["echo db1", "echo db2", "echo db3", "echo edge3"]
+    assert "# build:" not in out, "a rebuild command builds by itself"
 
 
 def test_missing_hardware_configuration_is_refused(tmp_path: Path) -> None:
@@ -382,6 +486,7 @@ def test_missing_hardware_configuration_is_refused(tmp_path: Path) -> None:
     assert code == 1
     assert out == ""
     assert f"machines.fe2: {flake}/hosts/fe2/hardware-configuration.nix is missing" in err
+    assert "hosts:" not in err, "hosts/ matches the cluster file"
     assert "nixos-generate-config --show-hardware-config" in err
     assert "machines.fe1" not in err
 
@@ -393,30 +498,176 @@ def test_unknown_host_and_role_are_refused(tmp_path: Path) -> None:
     assert "--role: unknown role 'cache'" in err
 
 
-def test_deploy_with_templates_runs_gates_and_rolls_back(tmp_path: Path) -> None:
-    """The CLI end to end with local commands and a machine whose checks cannot log in:
-    exit 2, the rollback ran for that machine only, nothing after it started."""
+def test_deploy_to_an_unreachable_machine_starts_nothing(tmp_path: Path) -> None:
+    """The CLI end to end with local commands and machines it cannot log in to: their running
+    system cannot be read, so nothing of the batch starts (and nothing is rolled back): exit 1."""
     log = tmp_path / "log"
     code, out, err = cli(
-        "deploy", str(EXAMPLES / "small.toml"), "--host", "fe1", "--host", "fe2",
+        "deploy", str(_cluster_in(tmp_path)), "--host", "fe1", "--host", "fe2",
         "--rebuild-command", f"echo rebuild {{name}} >> {log}",
         "--rollback-command", f"echo rollback {{name}} >> {log}",
         "--check-timeout", "0", "--ssh-option", "ConnectTimeout=1",
-        "--ssh-option", "Port=1",  # nothing listens there: every check fails
+        "--ssh-option", "Port=1",  # nothing listens there
     )  # fmt: skip
-    assert code == 2, out + err
-    assert log.read_text().splitlines() == ["rebuild fe1", "rollback fe1"]
-    assert "  fe1  rolled back\n  fe2  not started\n" in out
-    assert "ssh login" in out
+    assert code == 1, out + err
+    assert not log.exists(), "neither a rebuild nor a rollback ran"
+    assert "batch 1: cannot read the running system of fe1 (is it reachable over SSH?)" in err
+    assert "  fe1  not started\n  fe2  not started\n" in out
 
 
-def test_failed_rebuild_command_exits_1(tmp_path: Path) -> None:
-    code, out, err = cli(
-        "deploy", str(EXAMPLES / "small.toml"), "--host", "fe1",
-        "--rebuild-command", "echo building {name}; exit 3", "--rollback-command", "true",
-        "--check-timeout", "0", "--ssh-option", "ConnectTimeout=1", "--ssh-option", "Port=1",
+def test_drifted_hosts_and_untracked_files_are_refused_and_dry_run_lists_them(tmp_path: Path) -> None:
+    from tests.conftest import require_tool
+
+    require_tool("git")
+
+    repo = tmp_path / "repo"
+    sub = repo / "site"
+    sub.mkdir(parents=True)
+    cluster = _cluster_in(sub)
+    for name in load(cluster).machines:
+        (sub / "hosts" / name / "hardware-configuration.nix").write_text("{ }\n")
+    (sub / "flake.nix").write_text("{ }\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "site/flake.nix", "site/hosts"], check=True)
+    subprocess.run(
+        [*git, "-C", str(repo), "reset", "-q", "--", "site/hosts/db1/hardware-configuration.nix"], check=True
+    )
+    (sub / "cluster.toml").write_text(cluster.read_text().replace('site_name = "Example Lemmy"', 'site_name = "Other"'))
+
+    code, out, err = cli("deploy", str(cluster))
+    assert code == 1 and out == ""
+    assert f"hosts: {sub / 'hosts'} differs from {cluster} (hosts/app1/default.nix)" in err
+    assert "run `synth generate" in err
+    assert f"git: {sub / 'hosts/db1/hardware-configuration.nix'} is not tracked by git" in err
+    assert "hosts/db2/hardware-configuration.nix" not in err
+
+    code, out, err = cli("deploy", str(cluster), "--dry-run")
+    assert code == 1, "a dry run says a real run would refuse"
+    refused = [line for line in out.splitlines() if line.startswith("# would refuse: ")]
+    assert len(refused) == 2, out
+    assert "# batch 1/" in out, "the plan is shown all the same"
+    assert "a real run would refuse (2 problem(s) above)" in err
+
+
+# --------------------------------------------------------------------------- Lemmy upgrades
+
+UP_BATCHES = [
+    Batch("postgres-primary", ("db1",)),
+    Batch("pictrs", ("app1",)),
+    Batch("backend", ("app2", "app3")),
+    Batch("frontends", ("fe1",)),
+]
+UP = d.LemmyUpgrade("app1", ("app2", "app3"), "0.19.8", "0.19.9")
+
+
+def test_lemmy_version_of_a_unit_file() -> None:
+    unit = "ExecStart=/nix/store/" + "a" * 32 + "-lemmy-server-0.19.9/bin/lemmy_server\n"
+    assert d.lemmy_version(unit) == "0.19.9"
+    assert d.lemmy_version("ExecStart=/bin/true\n") is None
+
+
+def test_an_upgrade_migrates_in_one_backend_while_the_others_are_stopped() -> None:
+    fake = Fake()
+    out = go(fake, UP_BATCHES, upgrade=lambda: UP)
+    assert out.exit_code == d.EXIT_OK, out.message
+    log = fake.log
+    first = log.index(("rebuild", "app1"))
+    assert log.index(("stop-lemmy", "app2")) < first and log.index(("stop-lemmy", "app3")) < first
+    assert log.index(("rebuild", "db1")) < log.index(("stop-lemmy", "app2")), "stopped only when app1's turn comes"
+    first_checked = max(i for i, e in enumerate(log) if e == ("check", "app1"))
+    for other in ("app2", "app3"):
+        rebuilt, started = log.index(("rebuild", other)), log.index(("start-lemmy", other))
+        checked = log.index(("check", other))
+        assert first_checked < rebuilt < started < checked, "after the migrations; started before its checks"
+    assert any("Lemmy 0.19.8 -> 0.19.9: app1 runs the database migrations, alone" in m for _, m in fake.lines)
+
+
+def test_the_first_backend_is_alone_in_its_batch() -> None:
+    batches = d.upgrade_batches([Batch("backend", ("app1", "app2", "app3"))], UP)
+    assert batches == [Batch("backend", ("app1",)), Batch("backend", ("app2", "app3"))]
+
+
+def test_a_failed_upgrade_is_held_not_rolled_back() -> None:
+    """app1's checks fail after it may have migrated: rolling it back would run the old Lemmy
+    against the new schema, so nothing is rolled back and the other backends stay stopped."""
+    fake = Fake(unhealthy={"app1"})
+    out = go(fake, UP_BATCHES, upgrade=lambda: UP)
+    assert out.exit_code == d.EXIT_CHECK
+    assert fake.actions("rollback") == []
+    assert fake.actions("start-lemmy") == [], "the stopped backends stay stopped"
+    assert out.status["app1"] == d.UPGRADE_HELD and out.status["app2"] == d.NOT_STARTED
+    assert "the Lemmy upgrade is held (app1 migrated, others stopped)" in out.message
+
+
+def test_an_upgrade_whose_first_backend_never_switched_starts_the_others_again() -> None:
+    fake = Fake(fail_rebuild={"app1"})
+    st = States(["db1", "app1", "app2", "app3", "fe1"])
+    clock = Clock()
+    out = d.run_batches(
+        UP_BATCHES, st.wrap(fake), fake.check, emit=fake.emit, state=st.state, upgrade=lambda: UP,
+        sleep=clock.sleep, clock=clock,
     )  # fmt: skip
+    assert out.exit_code == d.EXIT_COMMAND
+    assert sorted(fake.actions("start-lemmy")) == ["app2", "app3"], "no migration ran: the old Lemmy goes on"
+    assert fake.actions("rollback") == [] and out.status["app1"] == d.UNCHANGED
+
+
+def test_an_upgrade_that_would_leave_a_backend_out_activates_nothing() -> None:
+    def refuse() -> d.LemmyUpgrade:
+        raise ValueError("this deploy changes Lemmy 0.19.8 -> 0.19.9 ... add --role backend")
+
+    fake = Fake()
+    out = go(fake, UP_BATCHES, upgrade=refuse, build=True)
+    assert out.exit_code == d.EXIT_COMMAND and "add --role backend" in out.message
+    assert fake.actions("rebuild") == [] and len(fake.actions("build")) == 5
+
+
+def test_the_runner_refuses_an_upgrade_without_every_backend(tmp_path: Path) -> None:
+    from synth.commands.deploy import Runner
+    from synth.remote import SshOptions
+
+    c = load(EXAMPLES / "large.toml")
+    backends = c.machines_with("backend")
+    assert len(backends) == 2
+    unit = "etc/systemd/system/lemmy.service"
+
+    def system(version: str) -> Path:
+        p = tmp_path / version / unit
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"ExecStart=/nix/store/{'b' * 32}-lemmy-server-{version}/bin/lemmy_server\n")
+        return tmp_path / version
+
+    runner = Runner(c, {}, SshOptions(), lambda h, m: None, goal="switch", confirm_timeout=30, current_system="/x")
+    running = (system("0.19.8") / unit).read_text()
+    runner._ssh = lambda name, command, **kw: subprocess.CompletedProcess([], 0, running, "")  # type: ignore[method-assign]
+    runner.toplevel = {n: str(system("0.19.9")) for n in backends}
+    up = runner.lemmy_upgrade(backends)
+    assert up == d.LemmyUpgrade(backends[0], (backends[1],), "0.19.8", "0.19.9")
+    with pytest.raises(ValueError, match=f"leaves out the backend\\(s\\) {backends[1]}"):
+        runner.lemmy_upgrade([backends[0]])
+    runner.toplevel = {n: str(system("0.19.8")) for n in backends}
+    assert runner.lemmy_upgrade(backends) is None, "same version: no upgrade"
+
+
+def test_dry_run_json(tmp_path: Path) -> None:
+    import json
+
+    flake = _flake_with_hardware(tmp_path, "small")
+    code, out, err = cli("deploy", str(EXAMPLES / "small.toml"), "--dry-run", "--json", "--flake", str(flake))
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["refusals"] == [] and data["goal"] == "switch" and data["confirm_timeout"] == 30
+    assert data["batches"][0] == {"stage": "postgres-primary", "machines": ["db1"]}
+    (flake / "hosts" / "db1" / "hardware-configuration.nix").unlink()
+    code, out, _ = cli("deploy", str(EXAMPLES / "small.toml"), "--dry-run", "--json", "--flake", str(flake))
     assert code == 1
-    assert "fe1  | building fe1" in out
-    assert "rebuild: FAILED with exit code 3" in out
-    assert "the rebuild of fe1 (exit 3) failed" in err
+    assert [r.split(": ")[1] for r in json.loads(out)["refusals"]] == ["machines.db1"]
+
+
+def test_real_run_errors_as_json(tmp_path: Path) -> None:
+    import json
+
+    code, out, err = cli("deploy", str(tmp_path / "missing.toml"), "--json")
+    assert code == 1 and err == ""
+    assert json.loads(out)["ok"] is False

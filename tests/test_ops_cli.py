@@ -123,7 +123,7 @@ def test_plan_shows_diffs_and_order(workdir: Path) -> None:
     toml = workdir / "cluster.toml"
     toml.write_text(toml.read_text().replace("version = 17", "version = 18"))
     code, out, _ = run("plan", str(toml))
-    assert code == 0
+    assert code == 3, "something would change"
     assert "== changed: hosts/db1/default.nix" in out
     assert "-        majorVersion = 17;\n+        majorVersion = 18;" in out
     assert "  1. postgres-primary: db1\n  2. postgres-replicas: db2" in out
@@ -141,7 +141,7 @@ def test_plan_json_after_adding_a_frontend(workdir: Path) -> None:
         + '\n[machines.fe3]\naddress = "203.0.113.12"\nprivate_address = "10.0.0.12"\nroles = ["frontend"]\n'
     )
     code, out, _ = run("plan", str(toml), "--json")
-    assert code == 0
+    assert code == 3
     data = json.loads(out)
     statuses = {f["path"]: f["status"] for f in data["files"]}
     assert statuses["hosts/fe3/default.nix"] == "added"
@@ -187,14 +187,15 @@ def test_promote_the_primary_with_manual_failover_is_nothing_to_do(workdir: Path
 
 def test_promote_refuses_an_unreachable_replica(workdir: Path) -> None:
     """synth promote asks the replica over ssh first (skipped where there is no ssh, as in the Nix
-    sandbox of the flake's synth-tests check). The replica is on loopback, port 1: nothing
-    listens there, so the connection is refused at once."""
+    sandbox of the flake's synth-tests check). ssh is sent to loopback, port 1 (HostName, Port):
+    nothing listens there, so the connection is refused at once."""
     require_tool("ssh")
     toml = workdir / "cluster.toml"
-    toml.write_text(toml.read_text().replace('address = "10.0.0.31"', 'address = "127.0.0.1"'))
     before = snapshot(workdir)
     # Under Patroni: the switchover command on db2 cannot even be reached.
-    code, _, err = run("promote", "db2", "--cluster", str(toml), "-o", "ConnectTimeout=1", "-o", "Port=1")
+    code, _, err = run(
+        "promote", "db2", "--cluster", str(toml), "-o", "ConnectTimeout=1", "-o", "HostName=127.0.0.1", "-o", "Port=1"
+    )
     assert code == 1
     assert "the switchover to db2 did not happen" in err and "nothing was changed" in err, err
     assert snapshot(workdir) == before
@@ -227,7 +228,7 @@ def test_plan_since_git_revision(workdir: Path) -> None:
     code, out, _ = run("plan", str(toml))
     assert out.startswith("No changes: hosts/ matches"), "add-machine regenerated hosts/ already"
     code, out, _ = run("plan", str(toml), "--since", "HEAD", "--json")
-    assert code == 0
+    assert code == 3
     data = json.loads(out)
     assert {f["path"]: f["status"] for f in data["files"]}["hosts/db3/default.nix"] == "added"
     # fe1 is an etcd member (its client port opens to db3); add-machine kept it one, recording
@@ -243,3 +244,142 @@ def test_plan_since_git_revision(workdir: Path) -> None:
     assert 'members = ["db1", "db2", "fe1"]' in toml.read_text()
     code, _, err = run("plan", str(toml), "--since", "no-such-rev")
     assert code == 1 and "--since: cannot read no-such-rev with git" in err
+
+
+def test_plan_since_with_the_cluster_in_a_subfolder_of_the_repository(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    require_tool("git")
+    sub = tmp_path / "infra" / "lemmy"
+    sub.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "small.toml", sub / "cluster.toml")
+    assert run("generate", str(sub / "cluster.toml"))[0] == 0
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "-m", "cluster"], check=True)
+    code, out, err = run("plan", str(sub / "cluster.toml"), "--since", "HEAD")
+    assert code == 0, out + err
+    assert out.startswith("No changes: hosts/ at HEAD matches the cluster file")
+    toml = sub / "cluster.toml"
+    toml.write_text(toml.read_text().replace("version = 17", "version = 18"))
+    assert run("generate", str(toml))[0] == 0
+    code, out, _ = run("plan", str(toml), "--since", "HEAD", "--json")
+    assert code == 3
+    assert sorted(f["path"] for f in json.loads(out)["files"]) == ["hosts/db1/default.nix", "hosts/db2/default.nix"]
+
+
+def test_validate_json(workdir: Path) -> None:
+    code, out, _ = run("validate", str(workdir / "cluster.toml"), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True and data["machines"]["app1"] == ["backend", "pictrs"]
+    bad = workdir / "bad.toml"
+    bad.write_text((workdir / "cluster.toml").read_text().replace('primary = "db1"', 'primary = "db9"'))
+    code, out, err = run("validate", str(bad), "--json")
+    assert code == 1 and err == ""
+    data = json.loads(out)
+    assert data["ok"] is False
+    assert data["problems"][0]["file"] == str(bad) and data["problems"][0]["path"] == "postgres.primary"
+
+
+def test_no_command_exits_2_for_anything_but_a_usage_error() -> None:
+    """Exit code 2 is click's usage error: every command's own codes are documented as 0, 1, 3."""
+    from tests.conftest import ROOT
+
+    for path in (ROOT / "synth").rglob("*.py"):
+        text = path.read_text()
+        assert "sys.exit(2)" not in text and "EXIT_CHECK = 2" not in text, path
+    code, _, err = run("deploy", "--no-such-option")
+    assert code == 2 and "No such option" in err
+
+
+def _add(toml: Path, name: str, address: str) -> tuple[int, str, str]:
+    return run("add-machine", name, "--role", "frontend", "--address", address, "--cluster", str(toml))
+
+
+def test_edits_keep_a_symlink_crlf_and_the_mode(workdir: Path) -> None:
+    real = workdir / "real.toml"
+    text = (workdir / "cluster.toml").read_text()
+    real.write_bytes(text.replace("\n", "\r\n").encode())
+    real.chmod(0o640)
+    link = workdir / "cluster.toml"
+    link.unlink()
+    link.symlink_to(real.name)
+    code, _, err = _add(link, "fe3", "203.0.113.12")
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == real, "the link stays a link; its target was edited"
+    raw = real.read_bytes()
+    assert b"[machines.fe3]\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), "CRLF throughout"
+    assert real.stat().st_mode & 0o777 == 0o640
+
+
+def test_concurrent_add_machines_lose_no_update(workdir: Path) -> None:
+    """Six add-machine processes at once: the lock serialises them, every machine is recorded."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    toml = workdir / "cluster.toml"
+    toml.write_text(toml.read_text() + "\n[backend]\npool_size = 10\n")  # eight backends' pools fit
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "synth",
+                "add-machine",
+                f"app{i}",
+                "--role",
+                "backend",
+                "--address",
+                f"10.0.0.{50 + i}",
+                "--cluster",
+                str(toml),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3, 9)
+    ]
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
+    assert [err for _, err, rc in results if rc != 0] == []
+    text = toml.read_text()
+    for i in range(3, 9):
+        assert f"[machines.app{i}]" in text
+        assert (workdir / "hosts" / f"app{i}" / "default.nix").is_file()
+
+
+def test_a_failure_after_the_cluster_file_was_written_says_what_state_things_are_in(workdir: Path) -> None:
+    """hosts/ cannot be regenerated (a file of the admin's is where fe3's must go): the cluster
+    file was updated all the same, and the message says so, what was not done, and what to run."""
+    mine = workdir / "hosts" / "fe3" / "default.nix"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("{ }\n")
+    code, _, err = _add(workdir / "cluster.toml", "fe3", "203.0.113.12")
+    assert code == 1
+    assert "[machines.fe3]" in (workdir / "cluster.toml").read_text()
+    assert "cluster.toml WAS updated, but" in err and "was not regenerated (nothing of it was changed)" in err
+    assert "run `synth generate" in err and "exists and was not written by synth" in err
+    assert mine.read_text() == "{ }\n"
+
+
+def test_remove_machine_takes_its_own_comments_and_leaves_the_next_tables(workdir: Path) -> None:
+    toml = workdir / "cluster.toml"
+    text = toml.read_text()
+    text = text.replace("[machines.fe2]", "# fe2: the second frontend, rack B.\n[machines.fe2]")
+    text = text.replace("[machines.app1]", "# app1: the backend; keep it first.\n[machines.app1]")
+    toml.write_text(text)
+    assert run("generate", str(toml))[0] == 0
+    code, _, err = run("remove-machine", "fe2", "--cluster", str(toml))
+    assert code == 0, err
+    after = toml.read_text()
+    assert "rack B" not in after and "[machines.fe2]" not in after
+    assert "\n\n# app1: the backend; keep it first.\n[machines.app1]" in after

@@ -77,7 +77,7 @@ def test_init_warns_when_git_does_not_ignore_secrets(cluster: Path) -> None:
     subprocess.run([git, "init", "-q", str(cluster.parent)], check=True)
     code, _, err = run("secrets", "init", str(cluster))
     assert code == 0
-    assert "is not ignored by git; add `/secrets/` to .gitignore" in err
+    assert "is not ignored by git; add `/secrets/` to the repository's .gitignore" in err
     (cluster.parent / ".gitignore").write_text("/secrets/\n")
     code, _, err = run("secrets", "init", str(cluster))
     assert code == 0
@@ -173,3 +173,44 @@ def test_smtp_password_goes_to_the_backends_only() -> None:
     assert plans["api1"].secrets["smtp_password"] == "/var/lib/lemmy-cluster/secrets/smtp-password"
     small = plan(load(EXAMPLES / "small.toml"))
     assert not any("smtp_password" in hp.secrets for hp in small.values()), "no [lemmy.email]: no password"
+
+
+def test_init_and_push_catch_an_empty_secret_and_an_admin_password_lemmy_refuses(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    from tests.test_cli import run as cli
+
+    cluster = tmp_path / "cluster.toml"
+    shutil.copy(EXAMPLES / "small.toml", cluster)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "admin-password").write_text("short\n")
+    (secrets / "pictrs-api-key").write_text("\n")
+    code, _, err = cli("secrets", "init", str(cluster))
+    assert code == 1
+    assert (
+        f"problem: {secrets / 'admin-password'} has 5 characters, and Lemmy refuses an admin password outside 10-60"
+        in err
+    )
+    assert f"problem: {secrets / 'pictrs-api-key'} is empty" in err
+    assert (secrets / "admin-password").read_text() == "short\n", "init never overwrites"
+    code, _, err = cli("secrets", "push", str(cluster), "-o", "ConnectTimeout=1")
+    assert code == 1 and "has 5 characters" in err and "is empty" in err
+
+
+def test_gitignore_advice_names_the_path_from_the_repository_root(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from tests.conftest import EXAMPLES, require_tool
+    from tests.test_cli import run as cli
+
+    require_tool("git")
+    sub = tmp_path / "infra" / "lemmy"
+    sub.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "small.toml", sub / "cluster.toml")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    code, _, err = cli("secrets", "init", str(sub / "cluster.toml"))
+    assert code == 0, err
+    assert "add `/infra/lemmy/secrets/` to the repository's .gitignore" in err

@@ -2,5 +2,5 @@
 
 What they share (the cluster argument, error reporting, the edit-validate-write cycle, SSH
 options) is in synth.commands.common. Importing a command module costs only click: the model,
-pydantic, paramiko and testinfra are imported inside the commands, so `synth --help` stays fast.
+pydantic and testinfra are imported inside the commands, so `synth --help` stays fast.
 """

@@ -70,7 +70,19 @@ def add_machine(
 
     def change(text: str, current: Cluster) -> str:
         new_text, kept = keep_etcd_members(
-            edit(text, file, name, roles, address, private_address, system, storage), file, current
+            edit(
+                text,
+                file,
+                name,
+                roles,
+                address,
+                private_address,
+                system,
+                storage,
+                state_version=current.cluster.state_version,
+            ),
+            file,
+            current,
         )
         pinned[:] = kept
         return new_text

@@ -2,7 +2,7 @@
 edit-validate-write cycle of cluster.toml, SSH options and machine selection.
 
 Every command module imports this one; none imports synth.cli (which only registers them), so
-there is no import cycle. Importing it costs only click: the model, pydantic and paramiko are
+there is no import cycle. Importing it costs only click: the model, pydantic and testinfra are
 imported inside the functions, so `synth --help` stays fast.
 """
 
@@ -52,7 +52,8 @@ OUT_OPTION = click.option(
 
 
 def user_errors(fn: F) -> F:
-    """Turn SynthError into `FILE: path: message` lines on stderr and exit code 1."""
+    """Turn SynthError into `FILE: path: message` lines on stderr and exit code 1 (with --json: a
+    JSON object {"ok": false, "problems": [...]} on stdout)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,6 +65,12 @@ def user_errors(fn: F) -> F:
         except SynthError as exc:
             if debug:
                 raise
+            if kwargs.get("as_json"):
+                import json
+
+                problems = [{"file": exc.file, "path": p.path, "message": p.message} for p in exc.problems]
+                click.echo(json.dumps({"ok": False, "problems": problems}, indent=2))
+                sys.exit(1)
             for problem in exc.problems:
                 click.echo(problem.render(exc.file), err=True)
             n = len(exc.problems)
@@ -116,20 +123,53 @@ def write_hosts(cluster: Cluster, cluster_file: Path, out: Path) -> None:
 
 
 def write_cluster_file(path: Path, text: str) -> None:
-    """Replace PATH with TEXT atomically, keeping its permissions."""
+    """Replace PATH with TEXT atomically, keeping what the file was: a symlink stays one (its
+    target is replaced), its permissions and owner stay, CRLF line endings stay CRLF."""
+    import contextlib
     import os
     import tempfile
 
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".synth-tmp", dir=path.parent)
+    target = path.resolve() if path.is_symlink() else path
+    st = target.stat() if target.exists() else None
+    mode = st.st_mode & 0o7777 if st is not None else 0o644
+    if st is not None and b"\r\n" in target.read_bytes():
+        text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".synth-tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            # Not ours to give away without the right: the file then belongs to whoever edits it.
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cluster_lock(cluster_file: Path) -> Any:
+    """An exclusive lock on CLUSTER_FILE's edits, held while the context runs: concurrent
+    `add-machine`s are serialised instead of losing each other's updates. The lock is flock(2) on
+    the file's folder (the file itself is replaced by each edit; nothing is written for the lock)."""
+    import contextlib
+    import fcntl
+    import os
+
+    target = cluster_file.resolve() if cluster_file.is_symlink() else cluster_file
+    folder = target.parent if str(target.parent) else Path(".")
+
+    @contextlib.contextmanager
+    def held() -> Any:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    return held()
 
 
 def edit_cluster(
@@ -142,32 +182,56 @@ def edit_cluster(
 
     An edit whose result is invalid writes nothing and reports the problems found in the result.
     BEFORE_WRITE runs once the result is known to be valid, before the cluster file is replaced
-    (add-machine writes a storage machine's node key there).
+    (add-machine writes a storage machine's node key there). The whole read-edit-write runs under
+    cluster_lock. When hosts/ cannot be written after the cluster file was, the message says so.
     """
     from synth.errors import SynthError
     from synth.model import parse
 
-    current = load_cluster(cluster_file)
-    text = cluster_file.read_text(encoding="utf-8")
-    new_text = edit(text, current)
-    try:
-        new = parse(new_text, str(cluster_file))
-    except SynthError as exc:
-        click.echo(f"synth: {cluster_file} was not changed: the result would be invalid:", err=True)
-        raise exc from None
-    if before_write is not None:
-        before_write()
-    write_cluster_file(cluster_file, new_text)
+    with cluster_lock(cluster_file):
+        current = load_cluster(cluster_file)
+        text = cluster_file.read_text(encoding="utf-8")
+        new_text = edit(text, current)
+        try:
+            new = parse(new_text, str(cluster_file))
+        except SynthError as exc:
+            click.echo(f"synth: {cluster_file} was not changed: the result would be invalid:", err=True)
+            raise exc from None
+        if before_write is not None:
+            before_write()
+        write_cluster_file(cluster_file, new_text)
     click.echo(f"updated {cluster_file}")
-    write_hosts(new, cluster_file, out_dir_for(cluster_file, out_dir))
+    out = out_dir_for(cluster_file, out_dir)
+    try:
+        write_hosts(new, cluster_file, out)
+    except (OSError, SynthError) as exc:
+        click.echo(
+            f"synth: {cluster_file} WAS updated, but {out / 'hosts'} was not regenerated (nothing of it was "
+            f"changed): {exc}. Fix that, then run `synth generate {cluster_file}`; deploy refuses until then.",
+            err=True,
+        )
+        sys.exit(1)
     return new
 
 
 # --------------------------------------------------------------------------- machines and SSH
 
 
+def _remember_ssh_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    ctx.meta["synth.ssh_config"] = value
+
+
 def ssh_options(fn: F) -> F:
-    """--ssh-option (repeatable) and --identity."""
+    """--ssh-option (repeatable), --identity and --ssh-config (read by make_ssh_options)."""
+    fn = click.option(
+        "--ssh-config",
+        "-F",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        expose_value=False,
+        callback=_remember_ssh_config,
+        help="ssh_config file instead of ~/.ssh/config (as for `ssh -F`); used for every connection.",
+    )(fn)
     fn = click.option(
         "--identity",
         "-i",
@@ -198,8 +262,10 @@ def host_option(fn: F) -> F:
 
 
 def make_ssh_options(file: Path, ssh_option: Sequence[str], identity: Path | None) -> SshOptions:
+    """The SSH options of the command line, checked by OpenSSH itself (`ssh -G`): an option it
+    does not know, or a value it refuses, is an error before anything runs."""
     from synth.errors import Problem, SynthError
-    from synth.remote import SshOptions, split_option
+    from synth.remote import SshOptions, check_options, split_option
 
     problems = []
     for opt in ssh_option:
@@ -209,7 +275,25 @@ def make_ssh_options(file: Path, ssh_option: Sequence[str], identity: Path | Non
             problems.append(Problem("--ssh-option", str(exc)))
     if problems:
         raise SynthError(str(file), problems)
-    return SshOptions(tuple(ssh_option), str(identity) if identity is not None else None)
+    ctx = click.get_current_context(silent=True)
+    config = ctx.meta.get("synth.ssh_config") if ctx is not None else None
+    if config is not None and not Path(config).is_file():
+        raise SynthError.single(str(file), "--ssh-config", f"{config}: no such file")
+    opts = SshOptions(
+        tuple(ssh_option),
+        str(identity) if identity is not None else None,
+        config_file=str(config) if config is not None else None,
+    )
+    import shutil
+
+    # Without ssh nothing can connect anyway: the command then says so when it tries.
+    said = check_options(opts) if shutil.which("ssh") is not None else []
+    if said:
+        raise SynthError(
+            str(file),
+            [Problem("--ssh-option", f"OpenSSH refuses the SSH options: {line}") for line in said],
+        )
+    return opts
 
 
 def select(c: Cluster, file: Path, hosts: Sequence[str], roles: Sequence[str] = ()) -> list[str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from synth.commands.common import CLUSTER_ARG, OUT_OPTION, load_cluster, out_dir_for, user_errors
+
+EXIT_CHANGES = 3  # like terraform's -detailed-exitcode, but not 2: click's usage error
 
 
 @click.command("plan")
@@ -25,6 +28,7 @@ def plan(cluster_file: Path, out_dir: Path | None, as_json: bool, since: str | N
 
     Without --since: compared with hosts/ on disk (a preview of `synth generate`). With --since
     REV: compared with hosts/ at that git revision, e.g. after `synth add-machine` regenerated.
+    Exit codes: 0 nothing would change; 3 something would; 1 bad input.
     """
     import json
     import subprocess
@@ -46,7 +50,7 @@ def plan(cluster_file: Path, out_dir: Path | None, as_json: bool, since: str | N
     p = compute(c, str(cluster_file), out, old)
     if as_json:
         click.echo(json.dumps(p.to_json(), indent=2))
-        return
+        sys.exit(EXIT_CHANGES if p.files else 0)
     if not p.files:
         against = f"hosts/ at {since}" if since else "hosts/"
         click.echo(f"No changes: {against} matches the cluster file; nothing to deploy.")
@@ -68,3 +72,4 @@ def plan(cluster_file: Path, out_dir: Path | None, as_json: bool, since: str | N
         click.echo("The database (a deploy does not do these by itself; read them before deploying):")
         for step in p.steps:
             click.echo(f"  - {step}")
+    sys.exit(EXIT_CHANGES)

@@ -30,6 +30,33 @@ def _secrets_dir(cluster_file: Path) -> Path:
     return folder_of(cluster_file) / SECRETS_DIR
 
 
+def _unusable(key: str, data: bytes) -> str | None:
+    """Why a kept secret file cannot work ("is empty; ..."), or None."""
+    value = data.decode("utf-8", errors="replace")
+    value = value[:-1] if value.endswith("\n") else value
+    if not value.strip():
+        return "is empty; put the secret in it, or delete it and run `synth secrets init` again"
+    if key == "admin_password" and not 10 <= len(value) <= 60:
+        return (
+            f"has {len(value)} characters, and Lemmy refuses an admin password outside 10-60 characters; "
+            "replace it, or delete it and run `synth secrets init` again"
+        )
+    return None
+
+
+def _repo_path(folder: Path) -> str:
+    """FOLDER as a path from its git repository's root (what a root .gitignore entry needs)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(folder.parent), "rev-parse", "--show-prefix"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return folder.name
+    return f"{r.stdout.strip()}{folder.name}" if r.returncode == 0 else folder.name
+
+
 def _git_ignored(folder: Path) -> bool | None:
     """Whether git ignores FOLDER: True/False, or None outside a git work tree (or without git)."""
     import subprocess
@@ -176,9 +203,13 @@ def init(cluster_file: Path) -> None:
     os.chmod(folder, 0o700)
     wanted = {local_secret_name(key, name): (key, name) for name, hp in plan(c).items() for key in hp.secrets}
     created = kept = missing = 0
+    bad: list[str] = []
     for filename, (key, machine) in sorted(wanted.items()):
         path = folder / filename
         if path.exists():
+            why = _unusable(key, path.read_bytes())
+            if why is not None:
+                bad.append(f"{path} {why}")
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:
                 os.chmod(path, 0o600)
@@ -207,6 +238,8 @@ def init(cluster_file: Path) -> None:
         click.echo(f"created: {path}")
         created += 1
     click.echo(f"{created} created, {kept} kept" + (f", {missing} to provide" if missing else "") + f" in {folder}")
+    for line in bad:
+        click.echo(f"problem: {line}", err=True)
     record = {
         name: {"garage_node_id": node_id}
         for name, node_id in node_ids.items()
@@ -222,10 +255,12 @@ def init(cluster_file: Path) -> None:
         click.echo(f"Next: `synth generate {cluster_file}` puts the node ids into hosts/.")
     if _git_ignored(folder) is False:
         click.echo(
-            f"warning: {folder} is not ignored by git; add `/{SECRETS_DIR}/` to .gitignore so that the "
-            "secrets are never committed",
+            f"warning: {folder} is not ignored by git; add `/{_repo_path(folder)}/` to the repository's "
+            ".gitignore (its root's) so that the secrets are never committed",
             err=True,
         )
+    if bad:
+        sys.exit(1)
 
 
 @secrets.command("push")
@@ -270,10 +305,9 @@ def push(
                 fix = f"create it with `synth secrets init {cluster_file}`"
             problems.append(Problem("", f"{path} is missing; {fix}"))
             continue
-        if not data.strip():
-            problems.append(
-                Problem("", f"{path} is empty; put the secret in it or delete it and run `synth secrets init`")
-            )
+        why = _unusable(key, data)
+        if why is not None:
+            problems.append(Problem("", f"{path} {why}"))
             continue
         local[filename] = data
     if problems:

@@ -24,18 +24,19 @@ def role_checker(
     """A function running the role checks of one machine over a fresh SSH connection (closed after)."""
     from synth.checks import CheckResult
     from synth.checks.roles import checks_for
-    from synth.remote import close_testinfra_host, testinfra_host
+    from synth.remote import login_problem, testinfra_host
 
     def check(name: str) -> list[CheckResult]:
         m = c.machines[name]
-        try:
-            host = testinfra_host(m.ssh_user, m.address, opts)
-        except Exception as exc:  # paramiko raises many kinds: every one means "cannot log in"
-            return [CheckResult("ssh login", False, f"{m.ssh_user}@{m.address}: {type(exc).__name__}: {exc}")]
+        host = testinfra_host(m.ssh_user, m.address, opts)
+        why = login_problem(host)
+        if why is not None:
+            return [CheckResult("ssh login", False, f"{m.ssh_user}@{m.address}: {why}")]
         try:
             return checks_for(c, plans[name], host, rollout=rollout)
-        finally:
-            close_testinfra_host(host)
+        except Exception as exc:  # the connection broke during the checks (ssh exit code 255)
+            detail = getattr(exc.args[0], "stderr", "") if exc.args else ""
+            return [CheckResult("checks could run", False, f"{type(exc).__name__}: {detail or exc}".strip())]
 
     return check
 
@@ -53,17 +54,25 @@ def table(rows: list[tuple[str, str, str, str]]) -> list[str]:
 @host_option
 @ssh_options
 @click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True, help="Machines at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print every check's result as JSON on stdout.")
 @user_errors
 def verify(
-    cluster_file: Path, hosts: tuple[str, ...], ssh_option: tuple[str, ...], identity: Path | None, parallel: int
+    cluster_file: Path,
+    hosts: tuple[str, ...],
+    ssh_option: tuple[str, ...],
+    identity: Path | None,
+    parallel: int,
+    as_json: bool,
 ) -> None:
     """Run the role checks of each machine over SSH; exit 0 only when every check passed.
 
-    Checks run on the machine through testinfra (paramiko): frontend (nginx, lemmy-ui, the site,
-    the backends), backend (port, GET /api/v3/site; 503 means migrations are running), pict-rs
-    (port, /healthz), postgres (running, listening, primary/replica as in CLUSTER, replication;
-    under Patroni: the member's state, the leader, every replica's state, timeline and lag, the
-    synchronous standby), etcd (healthy, exactly the configured members).
+    Checks run on the machine through testinfra over OpenSSH (your ssh_config and -o options):
+    frontend (nginx, lemmy-ui, the site, the backends), backend (port, GET /api/v3/site; 503
+    means migrations are running), pict-rs (port, /healthz), postgres (running, listening,
+    primary/replica as in CLUSTER, replication; under Patroni: the member's state, the leader,
+    every replica's state, timeline and lag, the synchronous standby), etcd (healthy, exactly
+    the configured members), storage (S3 and RPC ports, Garage's health quorum, the machine's
+    role in the layout). Exit codes: 0 every check passed; 1 a check failed or bad input.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -78,6 +87,13 @@ def verify(
     with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(names)))) as pool:
         results = dict(zip(names, pool.map(check, names), strict=True))
     rows = [(n, r.name, "ok" if r.ok else "FAIL", r.detail) for n in names for r in results[n]]
+    if as_json:
+        import json
+
+        checks = [{"machine": n, "check": name, "ok": ok == "ok", "detail": detail} for n, name, ok, detail in rows]
+        failed_any = any(not ch["ok"] for ch in checks)
+        click.echo(json.dumps({"ok": not failed_any, "checks": checks}, indent=2))
+        sys.exit(1 if failed_any else 0)
     for line in table(rows):
         click.echo(line)
     failed = sum(1 for r in rows if r[2] == "FAIL")

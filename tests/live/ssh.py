@@ -2,7 +2,7 @@
 
 keys = SshKeys.create(tmp_path)            # one client key, one host key
 start_sshd(host, keys, tmp_path)           # sshd on host.address:22 inside the namespace
-ti = testinfra_host(host, keys)            # testinfra.host.Host over paramiko
+ti = testinfra_host(host, keys)            # testinfra.host.Host over OpenSSH (testinfra's ssh backend)
 """
 
 from __future__ import annotations
@@ -90,12 +90,18 @@ def ssh_command(host_address: str, keys: SshKeys, command: str) -> list[str]:
 
 
 def testinfra_host(host: Host, keys: SshKeys) -> Any:  # not a test, despite its name
-    """A testinfra Host for HOST over SSH (paramiko), like `testinfra.get_host("ssh://...")`."""
+    """A testinfra Host for HOST over the system ssh client, as synth reaches real machines."""
+    import shlex
+
     import testinfra
 
+    extra = ["-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={keys.known_hosts}"]
+    extra += ["-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
     return testinfra.get_host(
-        f"paramiko://root@{host.address}",
+        f"ssh://root@{host.address}",
         ssh_identity_file=str(keys.client_key),
+        ssh_extra_args=shlex.join(extra),
+        controlpersist=0,
     )
 
 

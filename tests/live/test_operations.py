@@ -262,8 +262,25 @@ def test_verify_reports_a_broken_machine(ops: Ops) -> None:
 # --------------------------------------------------------------------------- deploy
 
 
+CURRENT = f"{SECRETS_MOUNT}/current-system"  # each host's running-system link (per-host tmpfs)
+
+
+def _deployable(ops: Ops) -> list[str]:
+    """hosts/ generated beside the cluster file (deploy refuses a drifted one), every host's
+    running-system link at a stand-in system; the deploy arguments that go with it."""
+    _ok(ops.synth("generate", str(ops.cluster_file)), "generate")
+    for system in ("sys-initial", "sys-broken"):  # stand-ins of store paths (readlink -e needs them)
+        (ops.workdir / system).mkdir(exist_ok=True)
+    for name in ops.hosts:
+        _ok(ops.on(name, f"ln -sfn {ops.workdir}/sys-initial {CURRENT}"), "link")
+    return ["--current-system", CURRENT]
+
+
 def _scripts(ops: Ops, log: Path, broken: Sequence[str]) -> tuple[str, str]:
-    """Rebuild and rollback templates: shell scripts that act on the host over SSH and log to LOG."""
+    """Rebuild and rollback templates: shell scripts that act on the host over SSH and log to LOG.
+
+    A broken frontend's rebuild stops nginx and points the running-system link at a new system;
+    the rollback points it back at {before} and starts nginx."""
     ssh = shlex.join(ssh_command("ADDRESS", ops.keys, "CMD")[:-2])  # without destination and command
     reload_, stop, start = {}, {}, {}
     for fe, p in ops.paths.items():
@@ -271,11 +288,14 @@ def _scripts(ops: Ops, log: Path, broken: Sequence[str]) -> tuple[str, str]:
         reload_[fe] = f"{base} -s reload"
         stop[fe] = f"{base} -s stop"
         start[fe] = f"setsid {base} </dev/null >/dev/null 2>&1 &"
+    switch = f"ln -sfn {ops.workdir}/sys-broken {CURRENT}; "
     cases_rebuild = "".join(
-        f"  {fe}) action={shlex.quote(stop[fe] if fe in broken else reload_[fe])} ;;\n" for fe in ops.paths
+        f"  {fe}) action={shlex.quote(switch + stop[fe] if fe in broken else reload_[fe])} ;;\n" for fe in ops.paths
     )
-    cases_rollback = "".join(f"  {fe}) action={shlex.quote(start[fe])} ;;\n" for fe in ops.paths)
-    common = f'set -eu\nname=$1 address=$2 user=$3\nremote() {{ {ssh} "$user@$address" "$1"; }}\n'
+    cases_rollback = "".join(
+        f'  {fe}) action="ln -sfn $before {CURRENT}; "{shlex.quote(start[fe])} ;;\n' for fe in ops.paths
+    )
+    common = f'set -eu\nname=$1 address=$2 user=$3 before=${{4:-}}\nremote() {{ {ssh} "$user@$address" "$1"; }}\n'
     rebuild = ops.workdir / "rebuild.sh"
     rebuild.write_text(
         f'{common}echo "rebuild $name" >> {log}\naction=true\ncase $name in\n{cases_rebuild}esac\nremote "$action"\n'
@@ -284,14 +304,15 @@ def _scripts(ops: Ops, log: Path, broken: Sequence[str]) -> tuple[str, str]:
     rollback.write_text(
         f'{common}echo "rollback $name" >> {log}\naction=true\ncase $name in\n{cases_rollback}esac\nremote "$action"\n'
     )
-    return f"sh {rebuild} {{name}} {{address}} {{user}}", f"sh {rollback} {{name}} {{address}} {{user}}"
+    return f"sh {rebuild} {{name}} {{address}} {{user}}", f"sh {rollback} {{name}} {{address}} {{user}} {{before}}"
 
 
 def test_deploy_all_batches_gated_by_real_checks(ops: Ops) -> None:
     log = ops.workdir / "deploy-ok.log"
     rebuild, rollback = _scripts(ops, log, broken=())
     r = ops.synth(
-        "deploy", str(ops.cluster_file), *ops.ssh_args, "--rebuild-command", rebuild, "--rollback-command", rollback,
+        "deploy", str(ops.cluster_file), *ops.ssh_args, *_deployable(ops),
+        "--rebuild-command", rebuild, "--rollback-command", rollback,
         "--check-timeout", "20", "--check-interval", "1",
     )  # fmt: skip
     out = _ok(r, "deploy")
@@ -314,10 +335,11 @@ def test_deploy_rolls_back_the_failing_batch_and_stops(ops: Ops) -> None:
     log = ops.workdir / "deploy-broken.log"
     rebuild, rollback = _scripts(ops, log, broken=("opfe1",))
     r = ops.synth(
-        "deploy", str(ops.cluster_file), *ops.ssh_args, "--rebuild-command", rebuild, "--rollback-command", rollback,
+        "deploy", str(ops.cluster_file), *ops.ssh_args, *_deployable(ops),
+        "--rebuild-command", rebuild, "--rollback-command", rollback,
         "--check-timeout", "4", "--check-interval", "1",
     )  # fmt: skip
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     assert log.read_text().splitlines() == ["rebuild opdb1", "rebuild opapp", "rebuild opfe1", "rollback opfe1"]
     assert "opfe1  check FAILED: nginx listening on port 80" in r.stdout
     assert "summary:\n  opdb1  deployed\n  opapp  deployed\n  opfe1  rolled back\n  opfe2  not started\n" in r.stdout
@@ -326,3 +348,6 @@ def test_deploy_rolls_back_the_failing_batch_and_stops(ops: Ops) -> None:
     assert "opfe1  checks passed" in r.stdout.split("rollback: done")[-1]
     after = ops.synth("verify", str(ops.cluster_file), *ops.ssh_args, "--host", "opfe1")
     _ok(after, "verify after the rollback")
+    assert f"opfe1  running system changed: {ops.workdir}/sys-initial -> {ops.workdir}/sys-broken" in r.stdout
+    link = _ok(ops.on("opfe1", f"readlink {CURRENT}"), "readlink").strip()
+    assert link == f"{ops.workdir}/sys-initial", "rolled back to exactly the system that ran before"

@@ -25,6 +25,13 @@
         db2 = "10.1.0.42";
         db3 = "10.1.0.43";
       };
+      access = {
+        authorizedKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAUoO7Dg1bzEeFTyb3t0L0MQ7I9IvNNFUWrZj78atUyQ admin@example.org" ];
+        allowFrom = [
+          "198.51.100.0/24"
+          "10.0.0.5"
+        ];
+      };
       backend = {
         enable = true;
         tlsEnabled = true;

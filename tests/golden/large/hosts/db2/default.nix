@@ -22,6 +22,13 @@
         db1 = "10.1.0.41";
         db3 = "10.1.0.43";
       };
+      access = {
+        authorizedKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAUoO7Dg1bzEeFTyb3t0L0MQ7I9IvNNFUWrZj78atUyQ admin@example.org" ];
+        allowFrom = [
+          "198.51.100.0/24"
+          "10.0.0.5"
+        ];
+      };
       postgres = {
         enable = true;
         majorVersion = 17;

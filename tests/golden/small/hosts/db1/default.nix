@@ -19,6 +19,9 @@
         app1 = "10.0.0.20";
         db2 = "10.0.0.31";
       };
+      access = {
+        authorizedKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAUoO7Dg1bzEeFTyb3t0L0MQ7I9IvNNFUWrZj78atUyQ admin@example.org" ];
+      };
       postgres = {
         enable = true;
         majorVersion = 17;

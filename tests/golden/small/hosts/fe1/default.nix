@@ -24,6 +24,9 @@
         80
         443
       ];
+      access = {
+        authorizedKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAUoO7Dg1bzEeFTyb3t0L0MQ7I9IvNNFUWrZj78atUyQ admin@example.org" ];
+      };
       frontend = {
         enable = true;
         tls = "acme";
