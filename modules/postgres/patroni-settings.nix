@@ -56,6 +56,11 @@ let
         hot_standby = "on";
         hot_standby_feedback = "on";
         password_encryption = "scram-sha-256";
+        # A replica that died without closing its connection (its machine crashed, its link cut)
+        # is noticed by the leader within 5 s instead of 60: until then its walsender lingers
+        # and, in synchronous mode, Patroni still counts it as the synchronous standby that every
+        # commit waits for.
+        wal_sender_timeout = "5s";
       };
     };
   };
