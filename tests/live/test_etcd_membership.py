@@ -7,7 +7,8 @@ prints what to do; the test does exactly that, with the modules' own scripts:
 
 - Patroni stops on db3 (`systemctl stop patroni`): it leaves cleanly, writes go on;
 - fe1's etcd starts with the new configuration: lemmy-cluster-etcd-join (join.sh) adds it to the
-  running cluster (`member add`, state "existing": the same cluster, never a new one);
+  running cluster (`member add`, state "existing": the same cluster, never a new one), trying
+  again while etcd refuses it because a member is down ("unhealthy cluster");
 - `lemmy-cluster-etcd-remove-member db3` on the member it names (remove-member.sh, with the
   wrapper's arguments) takes db3 out; it refuses while a member that stays is down, and does
   nothing for a name that is no member; db3's etcd stops by itself;
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -177,13 +179,23 @@ def test_a_database_machine_leaves_patroni_and_etcd_as_synth_says(live: Lab) -> 
         assert slots(lab, leader).get("db3") == "false", "its slot outlives its member key (member_slots_ttl)"
 
         # 2. The deploy: fe1 starts its etcd with the new configuration and joins the running cluster.
+        #    While a member is down etcd refuses a new one ("unhealthy cluster": 2 of 4 would be
+        #    started, short of a majority); the join step tries again until it is back.
         lab.cluster = after
-        lab.start_etcd(["fe1"])
-        fe1 = lab.members["fe1"]
+        lab.stop_etcd("db2")
+        fe1 = lab.member("fe1")
+        joining = threading.Thread(target=lab.start_etcd, args=(["fe1"],))
+        joining.start()
+        time.sleep(5)  # a few refused tries (the step logs when it ends)
+        assert joining.is_alive(), "the join step did not wait while db2 was down"
+        lab.start_etcd(["db2"])
+        joining.join(timeout=90)
+        assert fe1.etcd is not None and fe1.etcd.poll() is None, fe1.log_tail("etcd-join")
         joined = fe1.log("etcd-join").read_text()
+        assert "the cluster is not healthy yet (etcd: unhealthy cluster); trying again" in joined, joined
         assert "adding this member to the running cluster (etcdctl member add fe1" in joined, joined
         assert "ETCD_INITIAL_CLUSTER_STATE=existing" in (fe1.base / "etcd-join.env").read_text()
-        lab.wait_etcd(["fe1"])
+        lab.wait_etcd(["fe1", "db2"])
         assert member_names(lab, "db1") == ["db1", "db2", "db3", "fe1"]
         assert cluster_id(lab, "fe1") == before_id, "fe1 joined the running cluster, not a new one"
         for name in ("db1", "db2"):
