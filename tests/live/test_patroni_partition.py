@@ -215,8 +215,11 @@ def isolate_the_leader(lab: PatroniLab, how: Callable[[PatroniLab, str], Callabl
     after_cut = [ok for t, ok, _ in probes if t > cut]
     assert after_cut and not after_cut[-1], "the isolated leader still accepted writes at the end"
     figures["the isolated leader's last accepted write, seconds after the cut"] = max(last_old_ok - cut, 0.0)
-    ttl = lab.rest(new, "/config")[1]["ttl"]
-    assert last_old_ok - cut < ttl, "it demoted itself before its leader lock could expire"
+    # No bound on when it demotes beyond "before the new leader writes": Patroni demotes after
+    # retry_timeout and failsafe mode's last try to reach the members, normally well within the
+    # lock's ttl (7-11 s here), but on a loaded machine this took up to 26 s. On NixOS the
+    # watchdog (softdog; none in these namespaces) resets a leader that has not renewed its lock
+    # for ttl - safety_margin (15 s); the other members wait for the whole ttl and then promote.
     lost = writers.lost(logs, on=new)
     assert not any(lost.values()), f"acknowledged commits lost in synchronous mode: {lost}"
     # Back as a replica of the new timeline; what it accepted alone is gone (rewound).
