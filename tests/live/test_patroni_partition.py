@@ -20,8 +20,10 @@ accepted while isolated is gone from it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -100,12 +102,15 @@ class Prober:
                 # still accepted writes (it needs no standby for it).
                 "PGOPTIONS": "-c synchronous_commit=local -c statement_timeout=2000",
             },
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # stop() ends the loop and its sleep together
         )
         return self
 
     def stop(self) -> list[tuple[float, bool, int]]:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         rows = []
         for line in self.out.read_text().splitlines():
@@ -216,10 +221,10 @@ def isolate_the_leader(lab: PatroniLab, how: Callable[[PatroniLab, str], Callabl
     assert after_cut and not after_cut[-1], "the isolated leader still accepted writes at the end"
     figures["the isolated leader's last accepted write, seconds after the cut"] = max(last_old_ok - cut, 0.0)
     # No bound on when it demotes beyond "before the new leader writes": Patroni demotes after
-    # retry_timeout and failsafe mode's last try to reach the members, normally well within the
-    # lock's ttl (7-11 s here), but on a loaded machine this took up to 26 s. On NixOS the
-    # watchdog (softdog; none in these namespaces) resets a leader that has not renewed its lock
-    # for ttl - safety_margin (15 s); the other members wait for the whole ttl and then promote.
+    # 2 x retry_timeout and failsafe mode's last try to reach the members (some 16 s at most by
+    # the settings, 7-11 s seen), but a loaded machine adds its own delays. On NixOS the watchdog
+    # (softdog; none in these namespaces) also resets a leader that has not renewed its lock for
+    # ttl - safety_margin (15 s); the other members wait for the whole ttl and then promote.
     lost = writers.lost(logs, on=new)
     assert not any(lost.values()), f"acknowledged commits lost in synchronous mode: {lost}"
     # Back as a replica of the new timeline; what it accepted alone is gone (rewound).
