@@ -127,7 +127,8 @@ def database_steps(c: Cluster, old_files: Mapping[str, str]) -> list[str]:
             s.add(
                 f"etcd: {m} leaves. Once the joining members run (and, on a postgres machine, its Patroni is "
                 f"stopped), on a member that stays ({stays[0]}): `lemmy-cluster-etcd-remove-member {m}` (it says "
-                "what it will do, refuses while a member that stays is unhealthy, and does nothing if "
+                "what it will do, refuses while a member that stays is unhealthy or Patroni still counts "
+                f"{m} as a member, and does nothing if "
                 f"{m} is no member); {m}'s etcd then stops by itself. Remove one member at a time: a majority "
                 "must stay."
             )

@@ -156,15 +156,24 @@ in
             pkgs.gawk
             pkgs.gnugrep
             pkgs.coreutils
+            pkgs.curl
+            pkgs.jq
           ]
         }:$PATH
         exec ${pkgs.bash}/bin/bash ${./remove-member.sh} ${
-          lib.escapeShellArgs [
-            "--self"
-            cfg.name
-            "--endpoints"
-            "http://127.0.0.1:${toString cfg.clientPort}"
-          ]
+          lib.escapeShellArgs (
+            [
+              "--self"
+              cfg.name
+              "--endpoints"
+              "http://127.0.0.1:${toString cfg.clientPort}"
+            ]
+            # On a Patroni member: refuse while Patroni still counts the leaving machine as a member.
+            ++ lib.optionals (top.postgres.enable && top.postgres.patroni.enable) [
+              "--patroni-api"
+              "http://${(import ../lib.nix { inherit lib; }).hostPort top.postgres.listenAddress top.postgres.patroni.restApiPort}"
+            ]
+          )
         } --name "$1"
       '')
     ];

@@ -10,8 +10,9 @@ prints what to do; the test does exactly that, with the modules' own scripts:
   running cluster (`member add`, state "existing": the same cluster, never a new one), trying
   again while etcd refuses it because a member is down ("unhealthy cluster");
 - `lemmy-cluster-etcd-remove-member db3` on the member it names (remove-member.sh, with the
-  wrapper's arguments) takes db3 out; it refuses while a member that stays is down, and does
-  nothing for a name that is no member; db3's etcd stops by itself;
+  wrapper's arguments) takes db3 out; it refuses while Patroni still counts db3 as a member and
+  while a member that stays is down, and does nothing for a name that is no member; db3's etcd
+  stops by itself;
 - db3's replication slot stays on the leader (member_slots_ttl: Patroni keeps it 30 minutes, in
   case the member comes back) and Patroni drops it by itself once that retention ends (the test
   shortens it through the REST API to see it happen).
@@ -82,14 +83,17 @@ def live() -> Iterator[Lab]:
 
 def remove_member(lab: PatroniLab, on: str, name: str) -> Any:
     """`lemmy-cluster-etcd-remove-member NAME` on ON: remove-member.sh with the wrapper's arguments
-    (modules/etcd/default.nix: this member's name, its loopback client URL)."""
+    (modules/etcd/default.nix: this member's name, its loopback client URL and, on a Patroni
+    member, its REST API)."""
     # (a machine already out of the cluster file has the configuration it was deployed with)
     etcd = options(lab.cluster, on)["etcd"] if on in lab.cluster.machines else {"name": on, "clientPort": 2379}
+    api = ["--patroni-api", lab.api_url(on)] if on in lab.cluster.machines_with("postgres") else []
     return lab.member(on).host.run(
         [
             "bash", str(MODULES / "etcd" / "remove-member.sh"),
             "--self", etcd["name"],
             "--endpoints", f"http://127.0.0.1:{etcd['clientPort']}",
+            *api,
             "--name", name,
         ],
         check=False,
@@ -158,6 +162,11 @@ def test_a_database_machine_leaves_patroni_and_etcd_as_synth_says(live: Lab) -> 
     writers = Writers(lab, lab.workdir).start()
     try:
         writers.wait_acks(30)
+        # 0. Out of order: db3's etcd member is not removed while db3 still runs Patroni.
+        early = remove_member(lab, remove_on, "db3")
+        assert early.returncode == 1, early.stdout + early.stderr
+        assert "Patroni still counts db3 as a member: stop Patroni on db3 first" in early.stderr
+        assert member_names(lab, "db1") == ["db1", "db2", "db3"]
         # 1. Patroni stops on db3 (it does not lead: nothing to move).
         assert lab.leader() != "db3"
         stopped = time.time()
