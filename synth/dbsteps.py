@@ -6,10 +6,10 @@ what the cluster file now gives, and says, besides the files and the deploy orde
 - a move from plain PostgreSQL to Patroni (a cluster growing to two postgres machines, or from
   manual to automatic failover): which member takes the existing database over, that etcd comes
   first, and that nothing is copied or deleted;
+- postgres machines leaving a Patroni cluster (stop Patroni on them first; their replication slot);
 - etcd members joining (they add themselves to the running cluster with `etcdctl member add` on
-  their first start: one at a time) and leaving (`etcdctl member remove`, which nothing runs by
-  itself);
-- postgres machines leaving a Patroni cluster (stop Patroni on them first; their replication slot).
+  their first start: one at a time) and leaving (`lemmy-cluster-etcd-remove-member` on a member
+  that stays, which nothing runs by itself).
 
 Pure: it reads the old files' text (synth's own deterministic output), never a machine.
 """
@@ -102,9 +102,21 @@ def database_steps(c: Cluster, old_files: Mapping[str, str]) -> list[str]:
             "postgres machine, keep the leader's data directory for the primary and clone the replicas with "
             "`lemmy-cluster-pg-rejoin`; ask for help before doing this on a cluster with data."
         )
+    if patroni:
+        for name, h in old.items():
+            if h.postgres == "patroni" and name not in pgs:
+                s.add(
+                    f"postgres: {name} leaves the Patroni cluster. Before switching it off: if it leads, "
+                    f"`synth promote` another member; then `systemctl stop patroni` on {name} (it leaves cleanly: "
+                    "it stops its PostgreSQL and its member entry expires within 20 s). Patroni keeps its "
+                    "replication slot on the leader for 30 minutes "
+                    "(member_slots_ttl, in case it comes back) and then drops it by itself; until then the leader "
+                    "keeps at most 16GB of WAL for it."
+                )
     if had_etcd and patroni:
         joining = [m for m in new_members if m not in old_members]
         leaving = [m for m in old_members if m not in new_members]
+        stays = [m for m in new_members if m in old_members] or new_members
         for m in joining:
             s.add(
                 f"etcd: {m} joins the running etcd cluster on its first start by itself (lemmy-cluster-etcd-join runs "
@@ -113,17 +125,11 @@ def database_steps(c: Cluster, old_files: Mapping[str, str]) -> list[str]:
             )
         for m in leaving:
             s.add(
-                f"etcd: {m} leaves. Once the joining members run, on one of the remaining members: "
-                f"`etcdctl member list` (find {m}'s ID) and `etcdctl member remove <ID>`; then deploy {m}, which "
-                "stops its etcd. Never remove more than one member at a time: a majority must stay."
+                f"etcd: {m} leaves. Once the joining members run (and, on a postgres machine, its Patroni is "
+                f"stopped), on a member that stays ({stays[0]}): `lemmy-cluster-etcd-remove-member {m}` (it says "
+                "what it will do, refuses while a member that stays is unhealthy or Patroni still counts "
+                f"{m} as a member, and does nothing if "
+                f"{m} is no member); {m}'s etcd then stops by itself. Remove one member at a time: a majority "
+                "must stay."
             )
-    if patroni:
-        for name, h in old.items():
-            if h.postgres == "patroni" and name not in pgs:
-                s.add(
-                    f"postgres: {name} leaves the Patroni cluster. Before switching it off: if it leads, "
-                    f"`synth promote` another member; then `systemctl stop patroni` on {name} (it leaves cleanly). "
-                    "Patroni drops its replication slot on the leader 30 minutes later (member_slots_ttl); until "
-                    "then the leader keeps at most 16GB of WAL for it."
-                )
     return s.lines

@@ -6,8 +6,8 @@
 # replacing another) joins the running cluster through etcd's runtime reconfiguration: before
 # etcd.service, lemmy-cluster-etcd-join (./join.sh) adds it with `etcdctl member add` and starts
 # it with the current membership; it never creates a second cluster while another member answers,
-# and never removes a member (`synth plan` prints the `etcdctl member remove` of a member that
-# leaves). Client and peer ports are open only to the members and to the Patroni members.
+# and never removes a member by itself: `lemmy-cluster-etcd-remove-member NAME` (./remove-member.sh),
+# which `synth plan` and `synth remove-machine` print for a member that leaves, does. Client and peer ports are open only to the members and to the Patroni members.
 {
   config,
   lib,
@@ -103,6 +103,7 @@ in
         path = [
           package
           pkgs.gawk
+          pkgs.gnugrep
           pkgs.coreutils
         ];
         # A member that cannot join yet (no quorum to add it) tries again.
@@ -138,6 +139,44 @@ in
         };
       };
     };
+
+    # `lemmy-cluster-etcd-remove-member NAME`, run on a member that stays: takes NAME out of the
+    # running cluster (./remove-member.sh: says what it does first, refuses while a member that
+    # stays is unhealthy). `synth remove-machine` and `synth plan` print it for a member that leaves.
+    environment.systemPackages = [
+      (pkgs.writeShellScriptBin "lemmy-cluster-etcd-remove-member" ''
+        set -euo pipefail
+        if [ $# -ne 1 ]; then
+          echo "usage: lemmy-cluster-etcd-remove-member NAME   (the member that leaves)" >&2
+          exit 2
+        fi
+        export PATH=${
+          lib.makeBinPath [
+            package
+            pkgs.gawk
+            pkgs.gnugrep
+            pkgs.coreutils
+            pkgs.curl
+            pkgs.jq
+          ]
+        }:$PATH
+        exec ${pkgs.bash}/bin/bash ${./remove-member.sh} ${
+          lib.escapeShellArgs (
+            [
+              "--self"
+              cfg.name
+              "--endpoints"
+              "http://127.0.0.1:${toString cfg.clientPort}"
+            ]
+            # On a Patroni member: refuse while Patroni still counts the leaving machine as a member.
+            ++ lib.optionals (top.postgres.enable && top.postgres.patroni.enable) [
+              "--patroni-api"
+              "http://${(import ../lib.nix { inherit lib; }).hostPort top.postgres.listenAddress top.postgres.patroni.restApiPort}"
+            ]
+          )
+        } --name "$1"
+      '')
+    ];
 
     services.lemmy-cluster.firewall.allow = [
       {

@@ -68,7 +68,18 @@ if [ -n "$listed" ] && [ -n "$(field 5)" ]; then
 fi
 if [ -z "$listed" ]; then
     echo "etcd-join: adding this member to the running cluster (etcdctl member add $name --peer-urls=$peer)"
-    ctl member add "$name" --peer-urls="$peer" >/dev/null
+    # etcd refuses a new member while its cluster is not healthy by its own measure (a member
+    # started or added in the last seconds, one unreachable): "unhealthy cluster". That passes; try
+    # again for a minute, and give up on anything else at once.
+    deadline=$((SECONDS + 60))
+    until out=$(ctl member add "$name" --peer-urls="$peer" 2>&1); do
+        if ! grep -q "unhealthy cluster" <<<"$out" || [ $SECONDS -ge $deadline ]; then
+            echo "etcd-join: etcdctl member add failed: $out" >&2
+            exit 1
+        fi
+        echo "etcd-join: the cluster is not healthy yet (etcd: unhealthy cluster); trying again in 2 s"
+        sleep 2
+    done
     list=$(ctl member list)
     changed=1
 fi

@@ -26,10 +26,14 @@ let
   # Failure detection. A leader that stops renewing its lock (ttl) is replaced: Patroni's
   # minimum ttl is 20 s; loop_wait + 2 * retry_timeout must stay below it, so that a leader that
   # cannot reach etcd demotes itself before its lock can expire and another member takes over.
+  # With failsafe mode the leader first asks every member (POST /failsafe: a 2 s connect timeout,
+  # tried twice), which adds up to 4 s: 2 + 2 * 5 + 4 = 16 s. With 8 s (2 + 16 + 4 = 22 s) a
+  # leader cut off by a partition that drops its packets was seen still accepting writes after its
+  # lock had expired and another member had been promoted (tests/live/test_patroni_partition.py).
   timing = {
     ttl = 20;
     loop_wait = 2;
-    retry_timeout = 8;
+    retry_timeout = 5;
   };
 
   # Settings every member must share; Patroni keeps them in etcd (dynamic configuration).
@@ -56,6 +60,11 @@ let
         hot_standby = "on";
         hot_standby_feedback = "on";
         password_encryption = "scram-sha-256";
+        # A replica that died without closing its connection (its machine crashed, its link cut)
+        # is noticed by the leader within 5 s instead of 60: until then its walsender lingers
+        # and, in synchronous mode, Patroni still counts it as the synchronous standby that every
+        # commit waits for.
+        wal_sender_timeout = "5s";
       };
     };
   };

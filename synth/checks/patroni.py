@@ -187,7 +187,9 @@ def etcd_checks(
     if missing:
         parts.append(f"missing {', '.join(missing)}")
     if extra:
-        parts.append(f"not in the cluster file: {', '.join(extra)} (remove with `etcdctl member remove`)")
+        named = [row[2] for url, row in peers.items() if url not in expected and row[2]]
+        how = f"`lemmy-cluster-etcd-remove-member {named[0]}` on a member" if named else "`etcdctl member remove ID`"
+        parts.append(f"not in the cluster file: {', '.join(extra)} (remove with {how})")
     if not_started:
         parts.append(f"never started: {', '.join(not_started)}")
     results.append(

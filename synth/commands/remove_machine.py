@@ -34,15 +34,19 @@ def remove_machine(name: str, cluster_file: Path, out_dir: Path | None) -> None:
         click.echo(
             f"{name} runs under Patroni: if it leads, move the leadership first (`synth promote "
             f"{after.machines_with('postgres')[0]}`); before switching it off, `systemctl stop patroni` on {name}. "
-            "Patroni drops its replication slot on the leader 30 minutes after it left."
+            "Patroni drops its replication slot on the leader by itself 30 minutes after it left."
         )
     if name in etcd_members(before) and automatic_failover(after):
         joined = [m for m in etcd_members(after) if m not in etcd_members(before)]
+        stays = next((m for m in etcd_members(after) if m in etcd_members(before)), etcd_members(after)[0])
         click.echo(
             f"{name} is an etcd member: "
             + (f"{', '.join(joined)} takes its place (it joins by itself on its first start); " if joined else "")
-            + f"once the others are deployed, on a remaining member run `etcdctl member remove` with {name}'s ID "
-            "(`etcdctl member list`), then switch it off. `synth plan --since HEAD` lists these steps."
+            + "once the others are deployed"
+            + (f" and Patroni is stopped on {name}" if name in before.machines_with("postgres") else "")
+            + f", run `lemmy-cluster-etcd-remove-member {name}` on {stays} (it says what it will do and refuses "
+            f"while a member that stays is unhealthy), then switch {name} off. `synth plan --since HEAD` lists "
+            "these steps."
         )
     node_id = before.machines[name].garage_node_id if name in before.machines else None
     if node_id is not None:

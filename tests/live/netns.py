@@ -18,6 +18,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -81,7 +82,6 @@ class Network:
         hosts, so the second one fails at once, saying with what."""
         import fcntl
         import tempfile
-        from pathlib import Path
 
         # Per network namespace of the test run (runs in separate namespaces do not collide).
         here = os.readlink("/proc/self/ns/net").strip("net:[]")
@@ -123,6 +123,7 @@ class Network:
         ns = f"{self.prefix}{name}"
         veth = self.veth(name)
         sh(["ip", "netns", "add", ns])
+        self.no_resolver(ns)
         sh(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         sh(["ip", "link", "set", veth, "master", self.bridge])
         sh(["ip", "link", "set", veth, "up"])
@@ -133,6 +134,24 @@ class Network:
         host.run(["ip", "route", "add", "default", "via", self.gateway])
         self.hosts[name] = host
         return host
+
+    @staticmethod
+    def no_resolver(ns: str) -> None:
+        """A resolv.conf without nameserver for namespace NS (`ip netns exec` bind-mounts
+        /etc/netns/NS/resolv.conf over /etc/resolv.conf): a DNS query then goes to 127.0.0.1 of
+        the namespace, where nothing listens, and fails at once, instead of waiting 2 x 5 s for
+        the machine's resolver, which the namespace cannot reach (Patroni's REST API asks for the
+        name of its address at every start; libpq for a host name)."""
+        folder = Path("/etc/netns") / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "resolv.conf").write_text("# lemmy-cluster live test: no DNS in this namespace\noptions attempts:1\n")
+
+    @staticmethod
+    def drop_resolver(ns: str) -> None:
+        folder = Path("/etc/netns") / ns
+        (folder / "resolv.conf").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
     def veth(self, name: str) -> str:
         """The root-side interface of host NAME (unique per Network prefix; at most 15 characters)."""
@@ -155,4 +174,5 @@ class Network:
                 for pid in pids:
                     sh(["kill", "-9", pid], check=False)
                 sh(["ip", "netns", "del", ns], check=False)
+                self.drop_resolver(ns)
         sh(["ip", "link", "del", self.bridge], check=False)

@@ -155,11 +155,23 @@ class Member:
 class PatroniLab:
     """The machines of a Patroni cluster in one Network, with their secrets, under WORKDIR."""
 
-    def __init__(self, net: Network, workdir: Path, cluster: Cluster, host_prefix: str = "") -> None:
+    def __init__(
+        self,
+        net: Network,
+        workdir: Path,
+        cluster: Cluster,
+        host_prefix: str = "",
+        hosts: Mapping[str, Host] | None = None,
+        passwords: Mapping[str, str] | None = None,
+    ) -> None:
+        """HOSTS: namespace hosts that exist already (by machine), e.g. a PgLab's whose plain
+        PostgreSQL moves to Patroni; PASSWORDS: secrets (by SECRET_FILES key) that are kept rather
+        than made up, as `synth secrets init` keeps the existing ones."""
         self.net = net
         self.workdir = workdir
         self.cluster = cluster
         self.host_prefix = host_prefix
+        self.hosts = dict(hosts or {})
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)
         self.members: dict[str, Member] = {}
@@ -172,7 +184,7 @@ class PatroniLab:
         for key in SECRET_FILES:
             if key in ("garage_node_key",):
                 continue
-            value = random_password()
+            value = (passwords or {}).get(key) or random_password()
             self.passwords[key] = value
             path = self.secret_dir / SECRET_FILES[key]
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -206,7 +218,9 @@ class PatroniLab:
     def member(self, machine: str) -> Member:
         if machine not in self.members:
             base = self.workdir / machine
-            host = self.net.add(f"{self.host_prefix}{machine}", self.cluster.private_address(machine))
+            host = self.hosts.get(machine) or self.net.add(
+                f"{self.host_prefix}{machine}", self.cluster.private_address(machine)
+            )
             m = Member(machine, host, base)
             for d in (base, m.run_dir, m.store, base / "patroni"):
                 d.mkdir(mode=0o700, exist_ok=True)

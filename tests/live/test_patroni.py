@@ -374,7 +374,7 @@ def test_the_leader_keeps_writing_when_etcd_loses_a_member_and_then_its_quorum(l
     for kind in ("backend", "proxy"):
         worst = writeload.longest_pause(logs[kind], lost_quorum)
         live.figures[f"etcd quorum lost: longest pause between writes ({kind})"] = worst
-        # Without failsafe mode the leader demotes itself within retry_timeout (8 s) and writes fail
+        # Without failsafe mode the leader demotes itself within retry_timeout (5 s) and writes fail
         # for the rest of the 30 s without quorum; with it, writes go on (a pause of a second or so,
         # more on a loaded machine).
         assert worst < 15, f"{kind}: the leader stopped writing for {worst:.1f}s without etcd's quorum"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lemmy-cluster: once Patroni on this machine has decided its role, set up the roles and
 # databases if it is the leader (setup-roles.sh); a replica has nothing to do (it gets them from
-# the leader by replication).
+# the leader by replication). It counts as a replica only once another member leads.
 #
 #   patroni-setup.sh --api URL [--timeout SECONDS] -- SETUP-ROLES-ARGUMENTS...
 #
@@ -33,8 +33,17 @@ while :; do
     state=$(jq -r '.state // empty' <<<"$status" 2>/dev/null || true)
     case $role in
         replica)
-            echo "patroni-setup: this member is a replica ($state); the leader sets up roles and databases"
-            exit 0
+            # Patroni also starts an existing data directory (a database taken over, a member
+            # restarting) as a replica before it may take the leader lock: this is a replica only
+            # once another member leads.
+            me=$(jq -r '.patroni.name // empty' <<<"$status" 2>/dev/null || true)
+            leader=$(curl -s --max-time 3 "$api/cluster" |
+                jq -r '[.members[]? | select(.role == "leader" or .role == "standby_leader") | .name][0] // empty' \
+                    2>/dev/null || true)
+            if [ -n "$leader" ] && [ "$leader" != "$me" ]; then
+                echo "patroni-setup: this member is a replica of $leader ($state); the leader sets up roles and databases"
+                exit 0
+            fi
             ;;
         primary)
             # The leader that holds the lock, its server accepting writes.
