@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 @click.option("--address", required=True, help="How the deployer reaches it: IP address or DNS name.")
 @click.option("--private-address", default=None, help="Its cluster-internal IP (default: --address, if an IP).")
 @click.option("--system", default=None, help="Nix system, if not the cluster's default.")
+@click.option(
+    "--behind-nat", is_flag=True, help="With the mesh: the machine has no address the others can reach (home NAT)."
+)
 @click.option("--capacity", default=None, help='Role storage: disk space Garage may use, e.g. "500G".')
 @click.option("--zone", default=None, help="Role storage: its zone (default: the machine's name).")
 @CLUSTER_OPTION
@@ -32,6 +35,7 @@ def add_machine(
     address: str,
     private_address: str | None,
     system: str | None,
+    behind_nat: bool,
     capacity: str | None,
     zone: str | None,
     cluster_file: Path,
@@ -47,7 +51,7 @@ def add_machine(
     from synth.errors import SynthError
 
     file = str(cluster_file)
-    storage: dict[str, str] | None = None
+    storage: dict[str, str | bool] | None = None
     before_write = None
     if "storage" in roles:
         if capacity is None:
@@ -66,6 +70,34 @@ def add_machine(
             file, f"machines.{name}", "--capacity and --zone are only for machines with --role storage"
         )
 
+    from synth import mesh
+    from synth.model import load
+
+    before = load(cluster_file)
+    mesh_note = None
+    if mesh.enabled(before):
+        from synth.commands.mesh import new_machine_key
+
+        public, write_key, mesh_note = new_machine_key(cluster_file, name)
+        storage = dict(storage or {})
+        if behind_nat:
+            storage["behind_nat"] = True
+        storage["mesh_address"] = mesh.free_address(before)
+        storage["wireguard_public_key"] = public
+        garage_write = before_write
+
+        def write_both() -> None:
+            if garage_write is not None:
+                garage_write()
+            if write_key is not None:
+                write_key()
+
+        before_write = write_both
+    elif behind_nat:
+        raise SynthError.single(
+            file, f"machines.{name}.behind_nat", 'only used with [network] mesh = "wireguard"; turn the mesh on first'
+        )
+
     pinned: list[str] = []
 
     def change(text: str, current: Cluster) -> str:
@@ -81,7 +113,10 @@ def add_machine(
             f"etcd: its members stay {', '.join(pinned)} (now recorded as [etcd] members): a new postgres machine "
             "would otherwise take the place of a member, and etcd changes members only one at a time"
         )
-    if storage is not None:
+    if mesh_note is not None:
+        click.echo(mesh_note)
+        click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its WireGuard key.")
+    if "storage" in roles:
         click.echo(key_note)
         click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its secrets.")
     click.echo(
