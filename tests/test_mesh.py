@@ -359,3 +359,19 @@ def test_the_live_cluster_file_is_valid_once_initialised(tmp_path: Path) -> None
     cluster = initialised(tmp_path, LIVE_TOML.read_text())
     c = parse(cluster.read_text())
     assert mesh.enabled(c) and c.machines["app1"].behind_nat
+
+
+def test_remove_machine_drops_it_from_every_peer_list(tmp_path: Path) -> None:
+    toml = text() + '\n[machines.app2]\naddress = "203.0.113.22"\nroles = ["backend"]\n'
+    cluster = initialised(tmp_path, toml)
+    assert any(p.name == "app2" for p in (plan(parse(cluster.read_text()))["db1"].mesh or _none()).peers)
+    code, out, err = run("remove-machine", "app2", "--cluster", str(cluster))
+    assert code == 0, out + err
+    plans = plan(parse(cluster.read_text()))
+    for name, h in plans.items():
+        assert all(p.name != "app2" for p in (h.mesh or _none()).peers), name
+    assert "app2" not in (tmp_path / "hosts" / "db1" / "default.nix").read_text()
+
+
+def _none() -> Any:
+    raise AssertionError("no mesh plan")
