@@ -6,7 +6,6 @@ Live (wireguard-go, PostgreSQL and nginx crossing the mesh): tests/live/test_mes
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -185,9 +184,7 @@ def test_secrets_init_refuses_a_key_file_that_is_not_the_recorded_one(tmp_path: 
 
 
 def test_wg_pubkey_agrees_with_synth() -> None:
-    wg = shutil.which("wg")
-    if wg is None:
-        pytest.skip("wireguard-tools is not installed (scripts/install-system-deps.sh installs it)")
+    wg = require_tool("wg")
     private = mesh.new_private_key()
     r = subprocess.run([wg, "pubkey"], input=private + "\n", capture_output=True, text=True, check=True)
     assert r.stdout.strip() == mesh.public_key(private)
@@ -258,6 +255,7 @@ def test_add_machine_joins_the_mesh_and_the_plan_shows_every_peer_change(tmp_pat
     cluster = initialised(tmp_path, text())
     code, out, err = run("generate", str(cluster))
     assert code == 0, err
+    require_tool("git")
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "add", "hosts"], check=True)
     subprocess.run(
