@@ -229,6 +229,7 @@ def test_the_module_data_is_what_nixpkgs_wireguard_takes(tmp_path: Path) -> None
     s = evaluate(ROOT / "modules" / "mesh" / "wireguard-settings.nix", opts)
     assert s["ips"] == ["10.100.0.2/24"] and s["listenPort"] == 51820 and s["mtu"] == 1420
     assert s["privateKeyFile"] == "/var/lib/lemmy-cluster/secrets/wireguard-private-key"
+    assert s["dynamicEndpointRefreshSeconds"] == 0, "every endpoint is an address: nothing to resolve again"
     assert [p["name"] for p in s["peers"]] == ["fe1", "db1"]
     assert s["peers"][1] == {
         "name": "db1",
@@ -242,6 +243,17 @@ def test_the_module_data_is_what_nixpkgs_wireguard_takes(tmp_path: Path) -> None
     assert s_fe1["peers"] == [
         {"name": "app1", "publicKey": c.machines["app1"].wireguard_public_key, "allowedIPs": ["10.100.0.2/32"]}
     ], "a NAT peer has no endpoint, and a public machine sends no keepalives"
+
+
+def test_an_endpoint_by_name_is_resolved_again(tmp_path: Path) -> None:
+    """WireGuard resolves a host name once: with a peer known by name, nixpkgs' peer units refresh."""
+    toml = text().replace('address = "203.0.113.31"', 'address = "db.example.org"\nprivate_address = "10.0.0.31"')
+    cluster = initialised(tmp_path, toml)
+    c = parse(cluster.read_text())
+    opts = host_data(c, plan(c)["app1"])["services"]["lemmy-cluster"]["mesh"]
+    s = evaluate(ROOT / "modules" / "mesh" / "wireguard-settings.nix", opts)
+    assert s["peers"][1]["endpoint"] == "db.example.org:51820"
+    assert s["dynamicEndpointRefreshSeconds"] == 300
 
 
 def test_mtu_is_settable(tmp_path: Path) -> None:

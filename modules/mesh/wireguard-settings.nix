@@ -9,9 +9,15 @@
 cfg:
 let
   cidr = addr: if builtins.match ".*:.*" addr != null then "${addr}/128" else "${addr}/32";
+  # An endpoint by host name ("home.example.org:51820", not an IPv4 or [IPv6] address).
+  byName = e: e != null && builtins.match "([0-9.]+|[[][^]]*[]]):[0-9]+" e == null;
+  named = builtins.any (p: byName (p.endpoint or null)) cfg.peers;
 in
 {
   ips = [ "${cfg.address}/${toString cfg.prefixLength}" ];
+  # WireGuard resolves a host name once; with a peer named so (a dynamic address), nixpkgs' peer
+  # units set it again every 5 minutes. 0: no refresh (every endpoint is an address).
+  dynamicEndpointRefreshSeconds = if named then 300 else 0;
   listenPort = cfg.listenPort;
   mtu = cfg.mtu;
   # A file read at run time (root only): the key never enters the store.

@@ -144,7 +144,8 @@ class MeshLab:
             host.run(["ip", "address", "add", ip, "dev", dev])
         self.wg(host, machine, ["set", dev, "private-key", s["privateKeyFile"], "listen-port", str(s["listenPort"])])
         host.run(["ip", "link", "set", "up", "dev", dev])
-        # wireguard-<name>-peer-<peer>.service, each.
+        # wireguard-<name>-peer-<peer>.service, each (its refresh loop, dynamicEndpointRefreshSeconds,
+        # is for endpoints by host name: the test hosts have addresses).
         for peer in s["peers"]:
             self.set_peer(host, machine, dev, peer)
         return s
