@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -371,3 +372,41 @@ def warnings(c: Cluster) -> list[Problem]:
                 )
             )
     return out
+
+
+# --------------------------------------------------------------------------- plan
+
+_PEER_RE = re.compile(r'name = "([^"]+)";\s*publicKey = "([^"]+)";')
+
+
+def _peers_in(text: str | None) -> dict[str, str] | None:
+    """Peer name -> public key of the mesh block of a generated host module (None: no mesh)."""
+    if text is None or "      mesh = {" not in text:
+        return None
+    block = text.split("      mesh = {", 1)[1]
+    return dict(_PEER_RE.findall(block))
+
+
+def peer_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    """What changes in each machine's WireGuard peers between two sets of generated files
+    ({"hosts/<m>/default.nix": text}), one line per machine, for `synth plan`."""
+    lines = []
+    for rel in sorted(set(old) | set(new)):
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "hosts" or parts[2] != "default.nix":
+            continue
+        before, after = _peers_in(old.get(rel)), _peers_in(new.get(rel))
+        if before == after or (before is None and after is None):
+            continue
+        machine = parts[1]
+        if after is None:
+            lines.append(f"{machine}: leaves the mesh" if rel in new else f"{machine}: removed")
+            continue
+        if before is None:
+            lines.append(f"{machine}: joins the mesh, peers {', '.join(after) or 'none'}")
+            continue
+        what = [f"+{p}" for p in after if p not in before]
+        what += [f"-{p}" for p in before if p not in after]
+        what += [f"{p} has a new key" for p in after if p in before and before[p] != after[p]]
+        lines.append(f"{machine}: {', '.join(what)}")
+    return lines

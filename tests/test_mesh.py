@@ -300,6 +300,9 @@ def test_add_machine_joins_the_mesh_and_the_plan_shows_every_peer_change(tmp_pat
         assert f"== changed: hosts/{host}/default.nix" in out, out
     assert f'+            publicKey = "{m.wireguard_public_key}";' in out
     assert "== added: hosts/app2/default.nix" in out
+    assert "WireGuard peers that change (deploy both ends of each):" in out
+    assert "  fe1: +app2\n" in out and "  db1: +app2\n" in out, out
+    assert "  app2: joins the mesh, peers fe1, app1, db1\n" in out, out
 
 
 def test_rotate_key_keeps_the_old_key_and_updates_every_peer(tmp_path: Path) -> None:
@@ -318,6 +321,8 @@ def test_rotate_key_keeps_the_old_key_and_updates_every_peer(tmp_path: Path) -> 
     assert len(kept) == 1 and kept[0].read_text() == old_private, "the old key is kept"
     assert "peers whose host modules now name the new key: app1" in out, out
     assert new_public in (tmp_path / "hosts" / "app1" / "default.nix").read_text()
+    code, out, err = run("plan", str(cluster))
+    assert code == 0 and "No changes" in out, "rotate-key regenerated hosts/ itself"
     assert old_public not in (tmp_path / "hosts" / "app1" / "default.nix").read_text()
 
 
@@ -387,3 +392,19 @@ def test_remove_machine_drops_it_from_every_peer_list(tmp_path: Path) -> None:
 
 def _none() -> Any:
     raise AssertionError("no mesh plan")
+
+
+def test_plan_names_each_peer_change(tmp_path: Path) -> None:
+    from synth.render import render_files
+
+    cluster = initialised(tmp_path, text())
+    before = parse(cluster.read_text())
+    new_key = mesh.public_key(mesh.new_private_key())
+    old_key = before.machines["db1"].wireguard_public_key
+    assert old_key is not None
+    after = parse(cluster.read_text().replace(old_key, new_key))
+    lines = mesh.peer_changes(render_files(before, "c"), render_files(after, "c"))
+    assert lines == ["app1: db1 has a new key"], lines
+    off = parse(text().replace('mesh = "wireguard"', 'mesh = "none"'))
+    lines = mesh.peer_changes(render_files(before, "c"), render_files(off, "c"))
+    assert lines == ["app1: leaves the mesh", "db1: leaves the mesh", "fe1: leaves the mesh"], lines
