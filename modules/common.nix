@@ -90,6 +90,14 @@ in
       ];
       description = "TCP ports opened to everyone (a frontend's HTTP and HTTPS).";
     };
+    firewall.allow = mkOption {
+      type = types.listOf ruleType;
+      default = [ ];
+      description = ''
+        Internal TCP ports and the peers allowed to reach them. The role modules fill this from
+        their `allowedClients`-style options; every other internal port stays closed.
+      '';
+    };
     firewall.interface = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -97,14 +105,6 @@ in
       description = ''
         When set, the internal ports are opened only on this interface (the WireGuard mesh's:
         modules/mesh sets it), never on the underlay.
-      '';
-    };
-    firewall.allow = mkOption {
-      type = types.listOf ruleType;
-      default = [ ];
-      description = ''
-        Internal TCP ports and the peers allowed to reach them. The role modules fill this from
-        their `allowedClients`-style options; every other internal port stays closed.
       '';
     };
   };

@@ -32,7 +32,7 @@ def add_machine(
     address: str,
     private_address: str | None = None,
     system: str | None = None,
-    storage: dict[str, str | bool] | None = None,
+    storage: dict[str, str] | None = None,
 ) -> str:
     """TEXT with a new [machines.NAME] table appended after the last machine.
 

@@ -161,8 +161,8 @@ class Cluster(_Strict):
     storage: StorageSection = StorageSection()
     lemmy: LemmySection = LemmySection()
     etcd: EtcdSection = EtcdSection()
-    secrets: SecretsSection = SecretsSection()
     network: NetworkSection = NetworkSection()
+    secrets: SecretsSection = SecretsSection()
     machines: dict[str, Machine]
 
     def machines_with(self, role: str) -> list[str]:
@@ -398,23 +398,22 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
     if not sd.startswith("/") or sd.startswith("/nix/store"):
         p.append(Problem("secrets.dir", "must be an absolute path on the hosts, outside /nix/store"))
 
-    machine_problems = _check_machines(c.machines)
-    if c.network.mesh == "wireguard":
-        # With the mesh the internal address is the mesh address (IPv4): a DNS-named machine needs
-        # no private_address, and a frontend's private address may be IPv6.
-        machine_problems = [
-            q
-            for q in machine_problems
-            if not q.message.startswith(("required because address is a DNS name",))
-            and "lemmy-ui (role frontend) listens on the private address" not in q.message
-        ]
-    p += machine_problems
+    p += _check_machines(c.machines)
     p += _check_roles(c)
     p += _check_failover(c)
     p += _check_storage(c, pending_node_ids)
     p += _check_lemmy(c)
     from synth import mesh
 
+    if mesh.enabled(c):
+        # With the mesh the internal address is the mesh address (IPv4): a DNS-named machine needs
+        # no private_address, and a frontend's private address may be IPv6.
+        p = [
+            q
+            for q in p
+            if not q.message.startswith("required because address is a DNS name")
+            and "lemmy-ui (role frontend) listens on the private address" not in q.message
+        ]
     p += mesh.check(c, pending_node_ids)
     if not p and mesh.enabled(c):
         from synth.topology import plan

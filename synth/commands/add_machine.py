@@ -51,7 +51,7 @@ def add_machine(
     from synth.errors import SynthError
 
     file = str(cluster_file)
-    storage: dict[str, str | bool] | None = None
+    storage: dict[str, str] | None = None
     before_write = None
     if "storage" in roles:
         if capacity is None:
@@ -70,33 +70,9 @@ def add_machine(
             file, f"machines.{name}", "--capacity and --zone are only for machines with --role storage"
         )
 
-    from synth import mesh
-    from synth.model import load
+    from synth.commands.mesh import join_mesh
 
-    before = load(cluster_file)
-    mesh_note = None
-    if mesh.enabled(before):
-        from synth.commands.mesh import new_machine_key
-
-        public, write_key, mesh_note = new_machine_key(cluster_file, name)
-        storage = dict(storage or {})
-        if behind_nat:
-            storage["behind_nat"] = True
-        storage["mesh_address"] = mesh.free_address(before)
-        storage["wireguard_public_key"] = public
-        garage_write = before_write
-
-        def write_both() -> None:
-            if garage_write is not None:
-                garage_write()
-            if write_key is not None:
-                write_key()
-
-        before_write = write_both
-    elif behind_nat:
-        raise SynthError.single(
-            file, f"machines.{name}.behind_nat", 'only used with [network] mesh = "wireguard"; turn the mesh on first'
-        )
+    with_mesh, before_write, mesh_note = join_mesh(cluster_file, name, behind_nat, before_write)
 
     pinned: list[str] = []
 
@@ -107,7 +83,7 @@ def add_machine(
         pinned[:] = kept
         return new_text
 
-    edit_cluster(cluster_file, change, out_dir, before_write)
+    edit_cluster(cluster_file, with_mesh(change), out_dir, before_write)
     if pinned:
         click.echo(
             f"etcd: its members stay {', '.join(pinned)} (now recorded as [etcd] members): a new postgres machine "
@@ -116,7 +92,7 @@ def add_machine(
     if mesh_note is not None:
         click.echo(mesh_note)
         click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its WireGuard key.")
-    if "storage" in roles:
+    if storage is not None:
         click.echo(key_note)
         click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its secrets.")
     click.echo(

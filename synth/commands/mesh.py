@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import tomlkit
 
 from synth.commands.common import CLUSTER_OPTION, OUT_OPTION, edit_cluster, folder_of, user_errors
 
@@ -119,6 +120,54 @@ def new_machine_key(cluster_file: Path, name: str) -> tuple[str, Callable[[], No
         write_secret(path, private + "\n")
 
     return mesh.public_key(private), write, f"created: {path} (the WireGuard key of {name})"
+
+
+Edit = Callable[[str, "Cluster"], str]
+
+
+def join_mesh(
+    cluster_file: Path, name: str, behind_nat: bool, before_write: Callable[[], None] | None
+) -> tuple[Callable[[Edit], Edit], Callable[[], None] | None, str | None]:
+    """What `synth add-machine NAME` adds with the mesh on: (a wrapper of its cluster-file edit that
+    records NAME's behind_nat, mesh_address and wireguard_public_key; BEFORE_WRITE followed by the
+    writing of its new key file; what to tell). Without the mesh: nothing, and --behind-nat refused."""
+    from synth import mesh
+    from synth.edit import set_machine_keys
+    from synth.errors import SynthError
+    from synth.model import load
+
+    file = str(cluster_file)
+    c = load(cluster_file)
+    if not mesh.enabled(c):
+        if behind_nat:
+            raise SynthError.single(
+                file,
+                f"machines.{name}.behind_nat",
+                'only used with [network] mesh = "wireguard"; turn the mesh on first',
+            )
+        return (lambda edit: edit), before_write, None
+    public, write_key, note = new_machine_key(cluster_file, name)
+    address = mesh.free_address(c)
+
+    def wrap(edit: Edit) -> Edit:
+        def edited(text: str, current: Cluster) -> str:
+            new_text = edit(text, current)
+            if behind_nat:
+                doc = tomlkit.parse(new_text)
+                doc["machines"][name]["behind_nat"] = True
+                new_text = tomlkit.dumps(doc)
+            keys = {"mesh_address": address, "wireguard_public_key": public}
+            return set_machine_keys(new_text, file, {name: keys})
+
+        return edited
+
+    def write_both() -> None:
+        if before_write is not None:
+            before_write()
+        if write_key is not None:
+            write_key()
+
+    return wrap, write_both, note
 
 
 @click.group("mesh")
