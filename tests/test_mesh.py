@@ -294,7 +294,7 @@ def test_add_machine_joins_the_mesh_and_the_plan_shows_every_peer_change(tmp_pat
     key_file = tmp_path / "secrets" / "wireguard-private-key.app2"
     assert m.wireguard_public_key == mesh.public_key(key_file.read_text())
     code, out, err = run("plan", str(cluster), "--since", "HEAD")
-    assert code == 0, err
+    assert code in (0, 3), err  # 3: "there are changes", where plan says so by its exit code
     # fe1 and db1 get app2 as a peer (no endpoint: it is behind NAT); nothing else changes for them.
     for host in ("fe1", "db1"):
         assert f"== changed: hosts/{host}/default.nix" in out, out
