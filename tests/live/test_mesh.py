@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from synth.mesh import new_private_key
 from synth.model import Cluster, load
 from synth.topology import BACKEND_PORT, UI_PORT, plan
 from tests.conftest import require, require_root
-from tests.live import pg
+from tests.live import pg, writeload
 from tests.live.frontend import Nginx, RoutingFixture, request, write_nginx_conf
 from tests.live.mesh import Capture, MeshLab, wait_listening
 from tests.live.netns import Host, Network, sh
@@ -41,6 +42,7 @@ from tests.live.pg import PgLab, PgServer
 pytestmark = [pytest.mark.live]
 
 CLUSTER_TOML = Path(__file__).with_name("mesh-cluster.toml")
+ROOT = Path(__file__).resolve().parents[2]
 UNDERLAY = "10.250.0.0/24"
 HOME = "10.251.0.0/24"
 NAT_OUTSIDE = "10.250.0.254"
@@ -161,14 +163,11 @@ def mesh() -> Iterator[Mesh]:
 def start_fixture(fx: RoutingFixture) -> None:
     """RoutingFixture.restart, waiting from inside its namespace (the root one cannot reach the mesh)."""
     import os
-    import sys
 
-    from tests.live.frontend import REPO
-
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = ["serve", fx.name, fx.address, str(fx.port), "--status", str(fx.status)]
     fx.proc = fx.host.popen(
-        [sys.executable, "-m", "tests.live.frontend", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "tests.live.frontend", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
     )
     wait_listening(fx.host, fx.address, fx.port)
 
@@ -334,12 +333,28 @@ def test_a_missing_key_leaves_no_interface_and_verify_says_so(mesh: Mesh) -> Non
 
 def test_adding_a_machine_updates_its_peers(mesh: Mesh) -> None:
     """`synth add-machine db3` records its mesh address and public key; the machines it talks to
-    (the other databases, the backend) get it as a peer, and it streams from db1 over the mesh."""
+    (the other databases, the backend) get it as a peer, and it streams from db1 over the mesh.
+    A write load from app1 (the backend, behind NAT) to db1 runs all along, through every
+    interface's reconfiguration: every acknowledged row is on db1, and on db3."""
     before = plan(mesh.cluster)
-    r = CliRunner().invoke(
-        main,
-        ["add-machine", "db3", "--role", "postgres", "--address", "10.250.0.33", "--cluster", str(mesh.cluster_file)],
+    db1 = mesh.pglab.servers["db1"]
+    db1.psql_run("CREATE TABLE lc_writes (n bigint PRIMARY KEY)", db="lemmy")
+    db1.psql_run("ALTER TABLE lc_writes OWNER TO lemmy", db="lemmy")
+    log = mesh.workdir / "writes.log"
+    dsn = f"host={before['db1'].private_address} port=5432 user=lemmy dbname=lemmy connect_timeout=3"
+    writer = mesh.hosts["app1"].popen(
+        [sys.executable, "-m", "tests.live.writeload", "--dsn", dsn, "--out", str(log), "--pause", "0.01"],
+        env={"PATH": "/usr/bin:/bin", "PGPASSFILE": str(mesh.pglab.client_pgpass), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 20
+    while not writeload.acknowledged(writeload.read_log(log)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert writeload.acknowledged(writeload.read_log(log)), "the write load never committed a row over the mesh"
+    args = ["add-machine", "db3", "--role", "postgres", "--address", "10.250.0.33"]
+    r = CliRunner().invoke(main, [*args, "--cluster", str(mesh.cluster_file)])
     assert r.exit_code == 0, r.output
     c = mesh.reload()
     after = plan(c)
@@ -354,7 +369,6 @@ def test_adding_a_machine_updates_its_peers(mesh: Mesh) -> None:
     mesh.pglab.cluster = c
     for name in ("db1", "db2", "app1", "db3"):
         mesh.lab.up(mesh.hosts[name], name, c)
-    db1 = mesh.pglab.servers["db1"]
     opts = db1.write_config(c)
     db1.reload()
     mesh.pglab.setup(db1, opts)
@@ -366,5 +380,17 @@ def test_adding_a_machine_updates_its_peers(mesh: Mesh) -> None:
     insert_marker(db1, 2001)
     got = db3.wait_for("SELECT count(*) FROM mesh_items", "150", timeout=30, db="lemmy")
     assert got == "150", f"db3: expected 150 rows streamed over the mesh, got {got}"
+    writer.terminate()
+    writer.wait(timeout=10)
+    attempts = writeload.read_log(log)
+    acked = writeload.acknowledged(attempts)
+    failed = sum(1 for a in attempts if not a.ok)
+    print(f"MEASURED write load over the mesh: {len(acked)} acknowledged, {failed} failed attempts")
+    on_db1 = {int(n) for n in db1.sql("SELECT n FROM lc_writes", db="lemmy").split()}
+    lost = [n for n in acked if n not in on_db1]
+    assert not lost, f"db1: {len(lost)} acknowledged rows missing, e.g. {lost[:5]}"
+    want = str(len(on_db1))
+    got = db3.wait_for("SELECT count(*) FROM lc_writes", want, timeout=30, db="lemmy")
+    assert got == want, f"db3: expected db1's {want} rows streamed over the mesh, got {got}"
     for name in ("app1", "db3", "db1"):
         assert_all_pass(mesh.checks(name), name)
