@@ -368,6 +368,16 @@ def test_handshake_check_tells_never_stale_and_fresh(tmp_path: Path) -> None:
     host = FakeHost({"wg show": (0, f"{fe1}\t100\n{db1}\t1000\n"), "date": (0, "1100\n")})
     stale = {r.name: r for r in handshakes(host, mp, wait=0)}["mesh: handshake with fe1"]
     assert not stale.ok and "1000 s ago" in stale.detail
+    # A recent handshake but no answer through the tunnel: a session the peer no longer has.
+    host = FakeHost(
+        {"ping -c 1 -W 1 10.100.0.3": (1, ""), "wg show": (0, f"{fe1}\t1090\n{db1}\t1090\n"), "date": (0, "1100\n")}
+    )
+    gone = {r.name: r for r in handshakes(host, mp, wait=0)}
+    assert gone["mesh: handshake with fe1"].ok
+    assert (
+        not gone["mesh: handshake with db1"].ok
+        and "does not answer through the tunnel" in gone["mesh: handshake with db1"].detail
+    )
     down = interface_up(FakeHost({"ip -o addr": (1, 'Device "wg-lemmy" does not exist.')}), mp)
     assert not down.ok and "no interface wg-lemmy" in down.detail
 
