@@ -58,6 +58,7 @@
         etcd = ./modules/etcd;
         pg-proxy = ./modules/pg-proxy;
         storage = ./modules/storage;
+        mesh = ./modules/mesh;
         default = ./modules;
       };
 

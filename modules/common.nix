@@ -43,6 +43,8 @@ let
     };
   };
 
+  inInterface = if cfg.firewall.interface != null then " -i ${cfg.firewall.interface}" else "";
+
   # One iptables rule per (port, peer); IPv6 peers go to ip6tables. Rules are appended to
   # nixos-fw, whose final rule refuses everything else.
   iptablesRules = lib.concatMapStrings (
@@ -52,7 +54,7 @@ let
       let
         cmd = if isIPv6 addr then "ip6tables" else "iptables";
       in
-      "${cmd} -A nixos-fw -p tcp -s ${addr} --dport ${toString rule.port} -j nixos-fw-accept"
+      "${cmd} -A nixos-fw -p tcp${inInterface} -s ${addr} --dport ${toString rule.port} -j nixos-fw-accept"
       + " -m comment --comment ${lib.escapeShellArg "lemmy-cluster ${rule.description}"}\n"
     ) rule.from
   ) cfg.firewall.allow;
@@ -116,6 +118,15 @@ in
       description = ''
         Internal TCP ports and the peers allowed to reach them. The role modules fill this from
         their `allowedClients`-style options; every other internal port stays closed.
+      '';
+    };
+    firewall.interface = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "wg-lemmy";
+      description = ''
+        When set, the internal ports are opened only on this interface (the WireGuard mesh's:
+        modules/mesh sets it), never on the underlay.
       '';
     };
   };

@@ -11,5 +11,6 @@
     ./etcd
     ./pg-proxy
     ./storage
+    ./mesh
   ];
 }

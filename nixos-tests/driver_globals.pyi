@@ -81,3 +81,8 @@ LEMMY_DB: str
 ETCD_CLIENT_URLS: dict[str, str]
 ETCD_MEMBERS: list[str]
 PATRONI_TTL: int
+MESH_INTERFACE: str
+MESH_PORT: int
+MESH_ADDRESSES: dict[str, str]
+UNDERLAY_ADDRESSES: dict[str, str]
+MESH_PEERS: dict[str, str]

@@ -31,6 +31,8 @@ let
   lc = config.services.lemmy-cluster;
   values = import ./secret-values.nix;
   garageKeys = import ./garage-keys.nix;
+  wireguardKeys = import ./wireguard-keys.nix;
+  mesh = lc.mesh.enable;
   pictrsShared = lc.pictrs.store == "object_storage";
   patroni = lc.postgres.enable && lc.postgres.patroni.enable;
   storage = lc.storage.enable;
@@ -115,6 +117,9 @@ let
   formatOf = f: formats.${f} or "hex32";
 
   hostName = config.networking.hostName;
+  wireguardKey =
+    wireguardKeys.${hostName}
+      or (throw "nixos-tests: machine ${hostName} has no test WireGuard key in nixos-tests/wireguard-keys.nix");
   nodeKey =
     garageKeys.${hostName}
       or (throw "nixos-tests: storage machine ${hostName} has no test node key in nixos-tests/garage-keys.nix");
@@ -138,10 +143,12 @@ let
       "lemmy-cluster-patroni-setup.service"
     ]
     ++ lib.optional storage "garage.service"
+    # nixpkgs' interface unit reads the private key file.
+    ++ lib.optional mesh "wireguard-${lc.mesh.interface}.service"
     ++ lib.optional (storage && lc.storage.setup.enable) "lemmy-cluster-garage-setup.service";
 in
 {
-  config = lib.mkIf (lc.enable && files != [ ]) {
+  config = lib.mkIf (lc.enable && (files != [ ] || mesh)) {
     systemd.services.lemmy-cluster-test-secrets = {
       description = "lemmy-cluster VM test: write the test secrets";
       wantedBy = [ "multi-user.target" ];
@@ -176,6 +183,15 @@ in
           mv "$key.tmp" "$key"
         fi
         chmod 0400 "$key"
+      ''
+      + lib.optionalString mesh ''
+        wg_key=${lib.escapeShellArg lc.mesh.privateKeyFile}
+        mkdir -p "$(dirname "$wg_key")"
+        if [ ! -s "$wg_key" ]; then
+          printf '%s\n' ${lib.escapeShellArg wireguardKey} >"$wg_key.tmp"
+          mv "$wg_key.tmp" "$wg_key"
+        fi
+        chmod 0400 "$wg_key"
       '';
     };
   };

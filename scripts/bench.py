@@ -4,7 +4,7 @@
 Targets (from the issues) are printed next to each figure; nothing here asserts them: a benchmark
 measures, the tests check behaviour.
 
-    python scripts/bench.py [--only synth|frontend|postgres|patroni] [--json FILE]
+    python scripts/bench.py [--only synth|frontend|postgres|patroni|mesh] [--json FILE]
 """
 
 from __future__ import annotations
@@ -126,12 +126,19 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {"synth": bench_syn
 
 def load_live_sections() -> None:
     """The live figures need root, namespaces, nginx and PostgreSQL (see tests/live); the
-    failover figures also etcd, HAProxy and Patroni (tests/live/bench_patroni.py)."""
+    failover figures also etcd, HAProxy and Patroni (tests/live/bench_patroni.py), the mesh's
+    wireguard-go (tests/live/bench_mesh.py)."""
     try:
         from tests.live import bench_live  # type: ignore[attr-defined]
     except ImportError:
         return
     SECTIONS.update(bench_live.SECTIONS)
+    try:
+        from tests.live import bench_mesh  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        SECTIONS.update(bench_mesh.SECTIONS)
     try:
         from tests.live import bench_patroni  # type: ignore[attr-defined]
     except ImportError:

@@ -6,7 +6,10 @@
 # `synth diagram` (svg and png) and its tests; for the live tests of automatic failover etcd
 # (server and etcdctl), HAProxy, nftables (network partitions), curl, and Patroni from PyPI in a
 # venv of Debian's python3 under /opt (the postgres user runs it: it cannot run a Python that lives
-# under root's home); with --bench also wrk, for `make bench`.
+# under root's home); for the live tests of the WireGuard mesh wireguard-go (userspace: the test
+# machine's kernel has no WireGuard module), wireguard-tools (wg), tcpdump (the underlay capture)
+# and ping (the mesh check makes traffic with it, as `synth verify` does);
+# with --bench also wrk, for `make bench`.
 # Installs only what is missing; does nothing (but say so) when not root.
 set -euo pipefail
 
@@ -27,6 +30,10 @@ have curl || need+=(curl)
 [ -x /usr/bin/etcdctl ] || need+=(etcd-client)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -x /usr/sbin/nft ] || need+=(nftables)
+[ -x /usr/bin/wireguard-go ] || need+=(wireguard-go)
+[ -x /usr/bin/wg ] || need+=(wireguard-tools)
+[ -x /usr/bin/tcpdump ] || [ -x /usr/sbin/tcpdump ] || need+=(tcpdump)
+have ping || need+=(iputils-ping)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The Patroni venv is made from Debian's own python3, which needs its python3-venv too.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

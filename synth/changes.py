@@ -31,6 +31,8 @@ class Plan:
     batches: list[order.Batch] = field(default_factory=list)
     # What a deploy does not do by itself for PostgreSQL and etcd (synth.dbsteps).
     steps: list[str] = field(default_factory=list)
+    # Each machine's WireGuard peers that change (synth.mesh.peer_changes).
+    mesh: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,7 @@ class Plan:
             "decommission": self.decommission,
             "batches": [b.to_json() for b in self.batches],
             "steps": self.steps,
+            "mesh": self.mesh,
         }
 
 
@@ -108,4 +111,7 @@ def compute(c: Cluster, source: str, out: Path, old: dict[str, str] | None = Non
             and (text := (d / "default.nix").read_text(encoding="utf-8", errors="replace")).startswith(HEADER_MARK)
         }
     p.steps = database_steps(c, old) if p.files else []
+    from synth.mesh import peer_changes
+
+    p.mesh = peer_changes(old, files) if p.files else []
     return p

@@ -13,6 +13,7 @@ from synth.commands.add_machine import add_machine
 from synth.commands.deploy import deploy
 from synth.commands.diagram import diagram
 from synth.commands.generate import generate
+from synth.commands.mesh import mesh_group
 from synth.commands.plan import plan
 from synth.commands.promote import promote
 from synth.commands.remove_machine import remove_machine
@@ -28,5 +29,6 @@ def main(debug: bool) -> None:
     """Compile a Lemmy cluster description (cluster.toml) into one NixOS module per machine."""
 
 
-for command in (validate, generate, add_machine, remove_machine, plan, diagram, secrets, verify, deploy, promote):
+COMMANDS = (validate, generate, add_machine, remove_machine, plan, diagram, secrets, verify, deploy, promote)
+for command in (*COMMANDS, mesh_group):
     main.add_command(command)

@@ -121,6 +121,15 @@ class LemmySection(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class NetworkSection(_Strict):
+    # "wireguard": every internal connection goes through a WireGuard mesh (synth.mesh).
+    mesh: Literal["none", "wireguard"] = "none"
+    mesh_subnet: str = "10.100.0.0/24"  # the machines' mesh addresses (IPv4)
+    mesh_port: int = 51820  # UDP, on every machine's underlay address
+    mesh_mtu: int = 1420  # the WireGuard interface's MTU: 1500 minus WireGuard's 80 bytes
+    mesh_keepalive: int = 25  # seconds between a NAT machine's keepalives
+
+
 class SecretsSection(_Strict):
     dir: str = "/var/lib/lemmy-cluster/secrets"
 
@@ -146,6 +155,12 @@ class Machine(_Strict):
     storage_capacity: str | None = None
     storage_zone: str | None = None
     garage_node_id: str | None = None
+    # [network] mesh = "wireguard" only: its mesh address and WireGuard public key (both recorded
+    # by `synth secrets init` / `synth add-machine`), and whether it has no address the others
+    # can reach (at home behind NAT: it reaches out to them, with a persistent keepalive).
+    mesh_address: str | None = None
+    wireguard_public_key: str | None = None
+    behind_nat: bool = False
 
 
 class Cluster(_Strict):
@@ -156,6 +171,7 @@ class Cluster(_Strict):
     storage: StorageSection = StorageSection()
     lemmy: LemmySection = LemmySection()
     etcd: EtcdSection = EtcdSection()
+    network: NetworkSection = NetworkSection()
     secrets: SecretsSection = SecretsSection()
     ssh: SshSection = SshSection()
     machines: dict[str, Machine]
@@ -310,6 +326,9 @@ def _check_raw(data: dict[str, Any]) -> list[Problem]:
             storage_capacity=_text(raw, "storage_capacity"),
             storage_zone=_text(raw, "storage_zone"),
             garage_node_id=_text(raw, "garage_node_id"),
+            mesh_address=None,
+            wireguard_public_key=None,
+            behind_nat=False,
         )
     return problems + _check_machines(well_typed)
 
@@ -406,6 +425,22 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
     p += _check_failover(c)
     p += _check_storage(c, pending_node_ids)
     p += _check_lemmy(c)
+    from synth import mesh
+
+    if mesh.enabled(c):
+        # With the mesh the internal address is the mesh address (IPv4): a DNS-named machine needs
+        # no private_address, and a frontend's private address may be IPv6.
+        p = [
+            q
+            for q in p
+            if not q.message.startswith("required because address is a DNS name")
+            and "lemmy-ui (role frontend) listens on the private address" not in q.message
+        ]
+    p += mesh.check(c, pending_node_ids)
+    if not p and mesh.enabled(c):
+        from synth.topology import plan
+
+        p += mesh.check_nat_pairs(c, {n: list(h.peers) for n, h in plan(c).items()})
     return sorted(p)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from synth import nixexpr
+from synth.mesh import MeshPlan
 from synth.model import Cluster, email_from, smtp_port
 from synth.topology import (
     DB_NAME,
@@ -245,10 +246,35 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "secretKeyFile": h.secrets["s3_secret_key"],
             }
         lc["storage"] = storage
+    if h.mesh:
+        lc["mesh"] = mesh_data(h.mesh)
     return {
         "networking": {"hostName": h.name},
         "system": {"stateVersion": c.state_version(h.name)},
         "services": {"lemmy-cluster": lc},
+    }
+
+
+def mesh_data(m: MeshPlan) -> dict[str, Any]:
+    """services.lemmy-cluster.mesh of a machine (modules/mesh)."""
+    return {
+        "enable": True,
+        "interface": m.interface,
+        "address": m.address,
+        "prefixLength": m.prefix_length,
+        "listenPort": m.listen_port,
+        "mtu": m.mtu,
+        "privateKeyFile": m.private_key_file,
+        "peers": [
+            {
+                "name": p.name,
+                "publicKey": p.public_key,
+                "address": p.address,
+                **({"endpoint": p.endpoint} if p.endpoint is not None else {}),
+                **({"persistentKeepalive": p.persistent_keepalive} if p.persistent_keepalive is not None else {}),
+            }
+            for p in m.peers
+        ],
     }
 
 

@@ -7,8 +7,10 @@ options. Everything is deterministic: machines are taken in file order.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from synth import mesh
+from synth.mesh import MeshPlan
 from synth.model import (
     Cluster,
     automatic_failover,
@@ -73,9 +75,11 @@ SECRET_FILES = {
     "postgres_superuser_password": "postgres-superuser-password",
     "rewind_password": "postgres-rewind-password",
     "patroni_api_password": "patroni-api-password",
+    # only with [network] mesh = "wireguard": the machine's WireGuard private key
+    "wireguard_key": "wireguard-private-key",
 }
 # Secrets of which every machine has its own: secrets/<file>.<machine> here, <dir>/<file> there.
-PER_MACHINE_SECRETS = frozenset({"garage_node_key"})
+PER_MACHINE_SECRETS = frozenset({"garage_node_key", "wireguard_key"})
 
 
 def local_secret_name(key: str, machine: str) -> str:
@@ -210,11 +214,14 @@ class HostPlan:
     etcd: EtcdPlan | None = None
     pg_proxy: PgProxyPlan | None = None
     public_ports: list[int] = field(default_factory=list)
+    mesh: MeshPlan | None = None
 
 
 def plan(c: Cluster) -> dict[str, HostPlan]:
     """One HostPlan per machine, in file order."""
-    addr = {name: c.private_address(name) for name in c.machines}
+    # The internal address of each machine: its mesh address with the WireGuard mesh, so every
+    # service binds to it and every firewall rule names peers by it.
+    addr = {name: mesh.internal_address(c, name) for name in c.machines}
     frontends = c.machines_with("frontend")
     backends = c.machines_with("backend")
     pictrs = c.machines_with("pictrs")
@@ -257,6 +264,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             need += ["garage_rpc_secret", "garage_node_key"]
         if "storage" in roles and name == setup_machine:
             need += ["s3_access_key", "s3_secret_key"]  # imported into Garage as pict-rs's key
+        if mesh.enabled(c):
+            need += [mesh.SECRET_KEY]
         base = c.secrets.dir.rstrip("/")
         return {k: f"{base}/{SECRET_FILES[k]}" for k in SECRET_FILES if k in need}
 
@@ -400,4 +409,9 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             pg_proxy=proxy,
             public_ports=public,
         )
+    if mesh.enabled(c):
+        peers_of = mesh.mesh_peers({n: list(h.peers) for n, h in hosts.items()})
+        for n, h in hosts.items():
+            mp = mesh.host_plan(c, n, peers_of[n], h.secrets[mesh.SECRET_KEY])
+            hosts[n] = replace(h, mesh=mp, peers={p: addr[p] for p in c.machines if p in peers_of[n]})
     return hosts

@@ -250,6 +250,31 @@ def test_garage_test_keys_belong_to_the_tomls_node_ids() -> None:
     assert sorted(keys) == sorted(used_names), "garage-keys.nix holds only keys the TOMLs and the s3 node use"
 
 
+def test_wireguard_test_keys_belong_to_the_tomls_public_keys() -> None:
+    """The VMs' WireGuard keys (wireguard-keys.nix, TEST-ONLY) are the keys whose public halves the
+    test TOMLs with the mesh record, made from the documented seed: a wrong one leaves a machine
+    with no tunnel to anyone."""
+    from synth import mesh
+
+    keys = nix_eval_json(f"import {TESTS}/wireguard-keys.nix")
+    assert isinstance(keys, dict)
+    used: set[str] = set()
+    for toml in sorted(TESTS.glob("*/cluster.toml")):
+        cluster = load(toml)
+        if not mesh.enabled(cluster):
+            continue
+        for name, machine in cluster.machines.items():
+            where = f"{toml.relative_to(TESTS)}: {name}"
+            assert name in keys, f"{where} has no test WireGuard key in nixos-tests/wireguard-keys.nix"
+            got = mesh.public_key(keys[name])
+            assert got == machine.wireguard_public_key, f"{where}: not its test key's public key"
+            seed = hashlib.sha256(f"lemmy-cluster vm test wireguard {name}".encode()).digest()
+            assert base64.b64decode(keys[name]) == seed, f"wireguard-keys.nix: {name}'s key is not the documented seed"
+            used.add(name)
+    assert used, "some test TOML has the mesh"
+    assert sorted(keys) == sorted(used), "wireguard-keys.nix holds only keys the TOMLs use"
+
+
 # garage-setup.sh's checks of pict-rs's S3 key, and Garage's of its rpc_secret (64 hex digits).
 SECRET_FORMATS = {
     "hex32": re.compile(r"[0-9a-f]{32}"),

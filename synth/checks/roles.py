@@ -47,6 +47,10 @@ def checks_for(
 ) -> list[CheckResult]:
     """The checks of every role of PLAN's machine, run through the testinfra HOST, in role order."""
     results: list[CheckResult] = []
+    if plan.mesh is not None:
+        from synth.checks.mesh import mesh_checks
+
+        results += mesh_checks(host, plan.mesh)
     if plan.postgres is not None:
         pg = plan.postgres
         if pg.patroni is not None:

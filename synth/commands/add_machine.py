@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 @click.option("--address", required=True, help="How the deployer reaches it: IP address or DNS name.")
 @click.option("--private-address", default=None, help="Its cluster-internal IP (default: --address, if an IP).")
 @click.option("--system", default=None, help="Nix system, if not the cluster's default.")
+@click.option(
+    "--behind-nat", is_flag=True, help="With the mesh: the machine has no address the others can reach (home NAT)."
+)
 @click.option("--capacity", default=None, help='Role storage: disk space Garage may use, e.g. "500G".')
 @click.option("--zone", default=None, help="Role storage: its zone (default: the machine's name).")
 @CLUSTER_OPTION
@@ -32,6 +35,7 @@ def add_machine(
     address: str,
     private_address: str | None,
     system: str | None,
+    behind_nat: bool,
     capacity: str | None,
     zone: str | None,
     cluster_file: Path,
@@ -66,6 +70,10 @@ def add_machine(
             file, f"machines.{name}", "--capacity and --zone are only for machines with --role storage"
         )
 
+    from synth.commands.mesh import join_mesh
+
+    with_mesh, before_write, mesh_note = join_mesh(cluster_file, name, behind_nat, before_write)
+
     pinned: list[str] = []
 
     def change(text: str, current: Cluster) -> str:
@@ -87,12 +95,15 @@ def add_machine(
         pinned[:] = kept
         return new_text
 
-    edit_cluster(cluster_file, change, out_dir, before_write)
+    edit_cluster(cluster_file, with_mesh(change), out_dir, before_write)
     if pinned:
         click.echo(
             f"etcd: its members stay {', '.join(pinned)} (now recorded as [etcd] members): a new postgres machine "
             "would otherwise take the place of a member, and etcd changes members only one at a time"
         )
+    if mesh_note is not None:
+        click.echo(mesh_note)
+        click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its WireGuard key.")
     if storage is not None:
         click.echo(key_note)
         click.echo(f"Next: `synth secrets push --host {name} {cluster_file}` installs its secrets.")

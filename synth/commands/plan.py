@@ -59,6 +59,10 @@ def plan(cluster_file: Path, out_dir: Path | None, as_json: bool, since: str | N
         click.echo(f"== {f.status}: {f.path}")
         click.echo(f.diff, nl=False)
     click.echo()
+    if p.mesh:
+        click.echo("WireGuard peers that change (deploy both ends of each):")
+        for line in p.mesh:
+            click.echo(f"  {line}")
     if p.decommission:
         click.echo(
             f"Machines leaving the cluster (switch them off after the others are deployed): {', '.join(p.decommission)}"

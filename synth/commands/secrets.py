@@ -199,6 +199,9 @@ def init(cluster_file: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a folder")
     node_ids = _check_node_keys(c, folder, str(cluster_file))
+    from synth.commands.mesh import check_mesh_keys, mesh_records
+
+    wg_keys = check_mesh_keys(c, folder, str(cluster_file))
     folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
     wanted = {local_secret_name(key, name): (key, name) for name, hp in plan(c).items() for key in hp.secrets}
@@ -233,6 +236,12 @@ def init(cluster_file: Path) -> None:
             node_key = garage.new_node_key()
             write_secret(path, garage.encode(node_key))
             node_ids[machine] = node_key[32:].hex()
+        elif key == "wireguard_key":
+            from synth import mesh
+
+            private = mesh.new_private_key()
+            write_secret(path, private + "\n")
+            wg_keys[machine] = mesh.public_key(private)
         else:
             write_secret(path, _new_value(key, own_storage) + "\n")
         click.echo(f"created: {path}")
@@ -245,14 +254,17 @@ def init(cluster_file: Path) -> None:
         for name, node_id in node_ids.items()
         if c.machines[name].garage_node_id is None
     }
+    for name, keys in mesh_records(c, wg_keys).items():
+        record.setdefault(name, {}).update(keys)
     if record:
         text = cluster_file.read_text(encoding="utf-8")
         new_text = set_machine_keys(text, str(cluster_file), record)
         parse(new_text, str(cluster_file))  # the ids are all that was missing
         write_cluster_file(cluster_file, new_text)
-        for name in record:
-            click.echo(f"recorded: machines.{name}.garage_node_id in {cluster_file}")
-        click.echo(f"Next: `synth generate {cluster_file}` puts the node ids into hosts/.")
+        for name, keys in record.items():
+            for k in keys:
+                click.echo(f"recorded: machines.{name}.{k} in {cluster_file}")
+        click.echo(f"Next: `synth generate {cluster_file}` puts them into hosts/.")
     if _git_ignored(folder) is False:
         click.echo(
             f"warning: {folder} is not ignored by git; add `/{_repo_path(folder)}/` to the repository's "
@@ -291,6 +303,9 @@ def push(
     plans = plan(c)
     folder = _secrets_dir(cluster_file)
     _check_node_keys(c, folder, str(cluster_file))  # a wrong key would keep Garage from starting
+    from synth.commands.mesh import check_mesh_keys
+
+    check_mesh_keys(c, folder, str(cluster_file))  # a wrong key would cut the machine off the mesh
     local: dict[str, bytes] = {}
     problems = []
     wanted = {local_secret_name(k, n): k for n in names for k in plans[n].secrets}

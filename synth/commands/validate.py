@@ -16,6 +16,10 @@ from synth.commands.common import CLUSTER_ARG, load_cluster, user_errors
 def validate(cluster_file: Path, as_json: bool) -> None:
     """Check CLUSTER (default ./cluster.toml) and report every problem. Exit codes: 0 valid; 1 not."""
     c = load_cluster(cluster_file)
+    from synth.mesh import warnings
+
+    for w in warnings(c):
+        click.echo(f"warning: {w.render(str(cluster_file))}", err=True)
     roles: dict[str, int] = {}
     for m in c.machines.values():
         for r in m.roles:
