@@ -54,6 +54,7 @@
         etcd = ./modules/etcd;
         pg-proxy = ./modules/pg-proxy;
         storage = ./modules/storage;
+        backup = ./modules/backup;
         default = ./modules;
       };
 

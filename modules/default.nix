@@ -10,5 +10,6 @@
     ./etcd
     ./pg-proxy
     ./storage
+    ./backup
   ];
 }

@@ -73,6 +73,10 @@ SECRET_FILES = {
     "postgres_superuser_password": "postgres-superuser-password",
     "rewind_password": "postgres-rewind-password",
     "patroni_api_password": "patroni-api-password",
+    # only with [backup]: pgBackRest's repository passphrase, and with an S3 repository its key
+    "backup_cipher_pass": "backup-cipher-pass",
+    "backup_s3_access_key": "backup-s3-access-key",
+    "backup_s3_secret_key": "backup-s3-secret-key",
 }
 # Secrets of which every machine has its own: secrets/<file>.<machine> here, <dir>/<file> there.
 PER_MACHINE_SECRETS = frozenset({"garage_node_key"})
@@ -253,10 +257,16 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 need += ["pictrs_db_password"]
             if patroni:
                 need += ["postgres_superuser_password", "rewind_password", "patroni_api_password"]
+            if c.backup is not None:
+                need += ["backup_cipher_pass"]
+                if c.backup.repository != "posix":
+                    need += ["backup_s3_access_key", "backup_s3_secret_key"]
         if "storage" in roles:
             need += ["garage_rpc_secret", "garage_node_key"]
         if "storage" in roles and name == setup_machine:
             need += ["s3_access_key", "s3_secret_key"]  # imported into Garage as pict-rs's key
+            if c.backup is not None and c.backup.repository == "s3":
+                need += ["backup_s3_access_key", "backup_s3_secret_key"]  # the backups' own key
         base = c.secrets.dir.rstrip("/")
         return {k: f"{base}/{SECRET_FILES[k]}" for k in SECRET_FILES if k in need}
 

@@ -82,7 +82,18 @@ in
       parameters = {
         unix_socket_directories = paths.socketDir;
         password_encryption = "scram-sha-256";
-      };
+      }
+      // (
+        # WAL archiving (the backup role): in every member's own parameters, so that whichever
+        # member leads archives (archive_mode = on: a replica does not).
+        if (cfg.archiveCommand or null) != null then
+          {
+            archive_mode = "on";
+            archive_command = cfg.archiveCommand;
+          }
+        else
+          { }
+      );
       custom_conf = paths.baseConf;
       callbacks = {
         on_start = paths.callback;
