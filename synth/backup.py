@@ -97,13 +97,15 @@ def calendar_problem(text: str) -> str | None:
     if len(words) == 1 and words[0].lower() in _SHORTHANDS:
         return None
     rest = list(words)
+    consumed = False
     if rest and not _TIME_RE.match(rest[0]) and not _DATE_RE.match(rest[0]):
         if not _weekday_ok(rest[0]):
             return f"{rest[0]!r} is not a weekday list such as 'Mon..Sat' or 'Sun'"
-        rest = rest[1:]
-    if rest and _DATE_RE.match(rest[0]) and len(rest) > 1:
-        rest = rest[1:]
-    if len(rest) != 1 or not _TIME_RE.match(rest[0]):
+        rest, consumed = rest[1:], True
+    if rest and _DATE_RE.match(rest[0]) and not _TIME_RE.match(rest[0]):
+        rest, consumed = rest[1:], True
+    # systemd takes 00:00:00 when the time is left out.
+    if (rest or not consumed) and (len(rest) != 1 or not _TIME_RE.match(rest[0])):
         return "expected [weekdays] [year-month-day] hour:minute[:second], e.g. 'Sun *-*-* 01:00:00' or 'daily'"
     return None
 
