@@ -4,7 +4,7 @@
 # directory aside (DATA.before-restore-<UTC time>), never deleting it.
 #
 # Usage: restore.sh --data-dir DIR --stanza NAME (--time 'YYYY-MM-DD HH:MM:SS[.ffffff]+ZZ' | --latest)
-#                   [--check-only] -- PGBACKREST-COMMAND...
+#                   [--check-only] [--owner USER] [--finish-with BIN_DIR] -- PGBACKREST-COMMAND...
 #
 # PostgreSQL must be stopped. First every check that needs no change (the repository answers, the
 # passphrase decrypts it, a backup ended before the time asked for, PostgreSQL is not running);
@@ -13,9 +13,15 @@
 # restored one becomes DIR. Its restore_command is the same PGBACKREST-COMMAND (the wrapper that
 # reads the passphrase), and at the target it promotes: started, PostgreSQL replays the archive to
 # the target and opens as a primary on a new timeline.
+#
+# --owner: run as root, the restored folder is made USER's (PostgreSQL's user).
+# --finish-with: then start PostgreSQL from BIN_DIR on the restored folder, with no TCP listener,
+# until it has replayed to the target and promoted, and stop it cleanly (a checkpoint): what
+# Patroni needs, which takes over a cleanly stopped primary but would otherwise treat a folder in
+# recovery as a replica's. The recovery settings that pgbackrest wrote are reset then.
 set -euo pipefail
 
-data="" stanza="" target="" latest=0 check_only=0
+data="" stanza="" target="" latest=0 check_only=0 owner="" finish=""
 while [ $# -gt 0 ]; do
     case $1 in
     --data-dir) data=${2%/}; shift 2 ;;
@@ -23,6 +29,8 @@ while [ $# -gt 0 ]; do
     --time) target=$2; shift 2 ;;
     --latest) latest=1; shift ;;
     --check-only) check_only=1; shift ;;
+    --owner) owner=$2; shift 2 ;;
+    --finish-with) finish=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "restore: unknown option $1" >&2; exit 2 ;;
     esac
@@ -77,6 +85,9 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 new="$data.restoring-$stamp"
 aside="$data.before-restore-$stamp"
 mkdir -m 0700 "$new"
+if [ -n "$owner" ] && [ "$(id -u)" -eq 0 ]; then
+    chown "$owner:" "$new"
+fi
 printf -v restore_command '%q ' "$@"
 restore_command="${restore_command}--stanza=$stanza archive-get %f \"%p\""
 if ! "$@" --stanza="$stanza" "--pg1-path=$new" "${type[@]}" "--recovery-option=restore_command=$restore_command" restore; then
@@ -89,4 +100,40 @@ if [ -e "$data" ]; then
     echo "restore: the data directory before the restore is kept in $aside"
 fi
 mv -- "$new" "$data"
-echo "restore: $data restored; start PostgreSQL: it replays the archive and then opens as the primary"
+if [ -z "$finish" ]; then
+    echo "restore: $data restored; start PostgreSQL: it replays the archive and then opens as the primary"
+    exit 0
+fi
+
+# 4. Replay and promote here, then stop cleanly.
+as_owner() {
+    if [ -n "$owner" ] && [ "$(id -u)" -eq 0 ]; then
+        runuser -u "$owner" -- "$@"
+    else
+        "$@"
+    fi
+}
+sock=$(mktemp -d /tmp/lemmy-cluster-restore.XXXXXX)
+[ -z "$owner" ] || [ "$(id -u)" -ne 0 ] || chown "$owner:" "$sock"
+log="$data.restore-$stamp.log"
+as_owner touch "$log" 2>/dev/null || log=/dev/null
+echo "restore: replaying the archive in $data (PostgreSQL without a TCP listener; log: $log)"
+as_owner "$finish/pg_ctl" start -w -t 86400 -D "$data" -l "$log" \
+    -o "-c listen_addresses= -c unix_socket_directories=$sock" >/dev/null \
+    || fail "PostgreSQL did not start on the restored folder (see $log); the old data directory is $aside"
+port=$(sed -n 4p "$data/postmaster.pid")
+sql() { as_owner "$finish/psql" -h "$sock" -p "$port" -d postgres -XAtqc "$1"; }
+until [ "$(sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+    if ! as_owner "$finish/pg_ctl" status -D "$data" >/dev/null 2>&1; then
+        fail "PostgreSQL stopped during the replay (see $log); the old data directory is $aside"
+    fi
+    sleep 1
+done
+for setting in restore_command recovery_target_time recovery_target_action recovery_target_timeline; do
+    sql "ALTER SYSTEM RESET $setting" >/dev/null
+done
+sql CHECKPOINT >/dev/null
+timeline=$(sql 'SELECT timeline_id FROM pg_control_checkpoint()')
+as_owner "$finish/pg_ctl" stop -m fast -w -t 600 -D "$data" >/dev/null
+rmdir "$sock" 2>/dev/null || true
+echo "restore: $data replayed to the target and promoted (timeline $timeline), stopped cleanly; start Patroni (or PostgreSQL) on it"
