@@ -216,7 +216,48 @@ in
       };
     };
 
-    environment.systemPackages = [ wrapper ];
+    # The admin's tools (and `synth backup` / `synth restore`'s remote commands), run as root.
+    environment.systemPackages = [
+      wrapper
+      (pkgs.writeShellScriptBin "lemmy-cluster-restore" ''
+        export PATH=${
+          lib.makeBinPath [
+            pkgs.jq
+            pkgs.coreutils
+            pkgs.gnused
+            pkgs.util-linux
+          ]
+        }:$PATH
+        exec ${pkgs.bash}/bin/bash ${scripts}/restore.sh ${
+          lib.escapeShellArgs [
+            "--data-dir"
+            dataDir
+            "--stanza"
+            cfg.stanza
+            "--owner"
+            "postgres"
+            "--finish-with"
+            "${pgPackage}/bin"
+          ]
+        } "$@" -- ${command}
+      '')
+      (pkgs.writeShellScriptBin "lemmy-cluster-move-aside" ''
+        exec ${pkgs.bash}/bin/bash ${scripts}/move-aside.sh --data-dir ${lib.escapeShellArg dataDir} "$@"
+      '')
+    ]
+    ++ lib.optional patroni (
+      pkgs.writeShellScriptBin "lemmy-cluster-patroni-forget" ''
+        export PATH=${lib.makeBinPath [ pkgs.etcd pkgs.coreutils ]}:$PATH
+        exec ${pkgs.bash}/bin/bash ${scripts}/patroni-forget.sh ${
+          lib.escapeShellArgs [
+            "--endpoints"
+            (lib.concatMapStringsSep "," (h: "http://${h}") pgCfg.patroni.etcdHosts)
+            "--scope"
+            top.clusterName
+          ]
+        } "$@"
+      ''
+    );
 
     # The posix repository (with several machines: the shared mount's folder), PostgreSQL's.
     systemd.tmpfiles.rules = lib.optional (!s3) "d ${cfg.repository.path} 0750 postgres postgres - -";

@@ -19,14 +19,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require
 from tests.live import writeload
-from tests.live.backup import PGBACKREST, Pgbackrest
+from tests.live.backup import PGBACKREST, SCRIPTS, SYS_PATH, Pgbackrest
 from tests.live.netns import Network
-from tests.live.patroni import PATRONICTL, PatroniLab
+from tests.live.patroni import PatroniLab, options
 from tests.live.pg import PG_BIN, as_pg, chown_pg, load_cluster
 from tests.live.test_patroni import require_engines
 
@@ -99,9 +100,9 @@ def wait_archived(p: Lab, machine: str, timeout: float = 60) -> str:
         if got == "t":
             return closed
         time.sleep(0.2)
-    raise AssertionError(
-        f"{machine}: WAL {closed} not archived in {timeout}s: {p.sql(machine, 'SELECT * FROM pg_stat_archiver')}"
-    )
+    status = p.sql(machine, "SELECT * FROM pg_stat_archiver")
+    logs = p.lab.members[machine].log_tail("patroni", 30)
+    raise AssertionError(f"{machine}: WAL {closed} not archived in {timeout}s: {status}\n{logs}")
 
 
 def test_every_member_has_the_archive_command_and_only_the_leader_archives(plab: Lab) -> None:
@@ -158,19 +159,16 @@ def test_a_restore_bootstraps_the_cluster_from_the_backup(plab: Lab) -> None:
     plab.sql(leader, "DROP TABLE lc_writes", db="lemmy")  # the mistake
     plab.sql(leader, "INSERT INTO marks SELECT generate_series(101, 200)", db="lemmy")
     wait_archived(plab, leader)
+    endpoints = ",".join(f"http://{h}" for h in lab_options(plab, "db1")["patroni"]["etcdHosts"])
+    forget = ["bash", str(SCRIPTS / "patroni-forget.sh"), "--endpoints", endpoints, "--scope", lab.cluster.cluster.name]
+    r = lab.members["db1"].host.run(forget, check=False, timeout=60, env={"PATH": SYS_PATH})
+    assert r.returncode == 1 and "still holds the leader lock" in r.stderr, r.stdout + r.stderr
     # 1. Patroni stops everywhere (the replicas first), and the cluster leaves etcd.
     for name in [*(n for n in DBS if n != leader), leader]:
         lab.stop_patroni(name)
-    config = lab.members["db1"].store / "patroni.yaml"
-    scope = lab.cluster.cluster.name
-    r = lab.members["db1"].host.run(
-        as_pg([str(PATRONICTL), "-c", str(config), "remove", scope]),
-        check=False,
-        input=f"{scope}\nYes I am aware\n",
-        timeout=60,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **lab.patroni_env()},
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    # The module's lemmy-cluster-patroni-forget (patroni-forget.sh with the etcd members).
+    r = lab.members["db1"].host.run(forget, check=False, timeout=60, env={"PATH": SYS_PATH})
+    assert r.returncode == 0 and "removed" in r.stdout, r.stdout + r.stderr
     # 2. The bootstrap member (db1, [postgres] primary) is restored and replays to the target.
     db1 = lab.members["db1"]
     r = plabs_restore(plab, "db1", "--time", target, "--finish-with", str(PG_BIN))
@@ -178,7 +176,11 @@ def test_a_restore_bootstraps_the_cluster_from_the_backup(plab: Lab) -> None:
     # 3. The other members' data directories move aside (kept), so that they clone the new one.
     for name in ("db2", "db3"):
         m = lab.members[name]
-        m.data.rename(m.base / "data.before-restore")
+        r = m.host.run(
+            as_pg(["bash", str(SCRIPTS / "move-aside.sh"), "--data-dir", str(m.data)]), check=False, timeout=30
+        )
+        assert r.returncode == 0 and not m.data.exists(), r.stdout + r.stderr
+        assert list(m.base.glob("data.before-restore-*")), f"{name}: the old data directory is kept"
     assert sorted(p.name for p in db1.base.glob("data.before-restore-*")), "db1's old data directory is kept"
     lab.start_patroni(["db1"])
     assert lab.wait_leader(timeout=90) == "db1"
@@ -191,9 +193,14 @@ def test_a_restore_bootstraps_the_cluster_from_the_backup(plab: Lab) -> None:
     lab.wait_streaming(["db2", "db3"], timeout=120)
     assert plab.sql("db2", "SELECT count(*) FROM marks", db="lemmy") == "100"
     # The restored leader archives on its new timeline.
-    wait_archived(plab, "db1")
+    wait_archived(plab, "db1", timeout=150)
 
 
 def plabs_restore(plab: Lab, machine: str, *args: str) -> subprocess.CompletedProcess[str]:
     m = plab.lab.members[machine]
     return plab.brs[machine].script(m.host, "restore.sh", ["--data-dir", str(m.data), "--stanza", "lemmy", *args])
+
+
+def lab_options(plab: Lab, machine: str) -> dict[str, Any]:
+    pgo: dict[str, Any] = options(plab.lab.cluster, machine)["postgres"]
+    return pgo

@@ -45,8 +45,8 @@ fail() {
     exit 1
 }
 
-# 1. Checks (nothing changes).
-if [ -f "$data/postmaster.pid" ]; then
+# 1. Checks (nothing changes). --check-only runs them while PostgreSQL still runs.
+if [ $check_only -eq 0 ] && [ -f "$data/postmaster.pid" ]; then
     pid=$(head -n 1 "$data/postmaster.pid")
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         fail "PostgreSQL is running on $data (pid $pid); stop it (or Patroni) first"
