@@ -40,6 +40,8 @@ in
     {
       archive_mode = "on";
       archive_command = cfg.archiveCommand;
+      # A quiet database still hands its WAL to the archive within a minute (the RPO).
+      archive_timeout = 60;
     }
   else
     { }

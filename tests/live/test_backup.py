@@ -129,8 +129,11 @@ def wait_archived(srv: PgServer, timeout: float = 60) -> str:
 
 
 def restore(b: BackupLab, machine: str, *args: str) -> object:
+    """lemmy-cluster-restore ARGS: restore.sh with the module's arguments (--finish-with: replay
+    and promote, then stop cleanly, before postgresql.service starts the restored data)."""
     srv = b.db(machine)
-    return b.br(machine).script(srv.host, "restore.sh", ["--data-dir", str(srv.data), "--stanza", "lemmy", *args])
+    args = ("--data-dir", str(srv.data), "--stanza", "lemmy", "--finish-with", str(pg.PG_BIN), *args)
+    return b.br(machine).script(srv.host, "restore.sh", list(args))
 
 
 def asides(srv: PgServer) -> list[Path]:
@@ -295,3 +298,61 @@ def test_latest_after_the_data_directory_is_gone(blab: BackupLab) -> None:
     rows = {int(x) for x in db1.sql("SELECT n FROM lc_runs WHERE run = 'latest'", db="lemmy").split()}
     missing = [n for n in acked if n not in rows]
     assert not missing, f"{len(missing)} acknowledged writes lost (last acknowledged: {last})"
+
+
+@dataclass
+class _Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class NsHost:
+    """The one method of a testinfra Host the checks use, run in a namespace host."""
+
+    host: object
+
+    def run(self, command: str) -> _Result:
+        from tests.live.netns import Host
+
+        assert isinstance(self.host, Host)
+        r = self.host.run(["bash", "-c", command], check=False, timeout=120, env={"PATH": pg.SYS_PATH})
+        return _Result(r.returncode, r.stdout, r.stderr)
+
+
+def test_verify_reports_the_ages_of_the_last_backup_and_the_last_archived_wal(blab: BackupLab) -> None:
+    import shlex
+
+    from synth.checks.backup import backup_checks
+    from synth.checks.postgres import PsqlAccess
+
+    db1 = blab.db("db1")
+    access = PsqlAccess(psql=str(pg.PG_BIN / "psql"), socket_dir=str(db1.run_dir))
+    command = shlex.join(pg.as_pg(blab.br("db1").command()))
+    wait_archived(db1)
+    results = backup_checks(NsHost(db1.host), access=access, pgbackrest=command)
+    assert [r.name for r in results] == ["backup: archive", "backup: last backup"]
+    assert all(r.ok for r in results), results
+    assert "last archived WAL" in results[0].detail and " ago" in results[0].detail
+    assert "the last good backup ended" in results[1].detail
+    # A day later with no new backup (the timers stopped): the check fails and says why.
+    late = backup_checks(NsHost(db1.host), access=access, pgbackrest=command, now=time.time() + 3 * 86400)
+    assert not late[1].ok and "do the backup timers run?" in late[1].detail, late
+    # Archiving that fails (the repository gone) is reported.
+    moved = blab.repo.with_name("repo.away")
+    blab.repo.rename(moved)
+    try:
+        db1.psql_run("SELECT pg_switch_wal()")
+        db1.psql_run("CREATE TABLE IF NOT EXISTS lc_nudge (x int); INSERT INTO lc_nudge VALUES (1)", db="lemmy")
+        db1.psql_run("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 30
+        failing = backup_checks(NsHost(db1.host), access=access, pgbackrest=command)
+        while failing[0].ok and time.monotonic() < deadline:
+            time.sleep(1)
+            failing = backup_checks(NsHost(db1.host), access=access, pgbackrest=command)
+    finally:
+        moved.rename(blab.repo)
+    assert not failing[0].ok and "archiving fails" in failing[0].detail, failing
+    assert not failing[1].ok and "cannot read the repository" in failing[1].detail, failing
+    wait_archived(db1, timeout=120)  # it catches up once the repository is back
