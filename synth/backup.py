@@ -159,7 +159,9 @@ def check(c: Cluster) -> list[Problem]:
             if storage and bucket == (c.pictrs.bucket or "pictrs"):
                 p.append(Problem("backup.bucket", "must differ from pict-rs's bucket; e.g. 'pgbackrest'"))
         else:  # external-s3
-            if c.pictrs.store != "object_storage" or c.pictrs.endpoint is None:
+            # (object storage without endpoint or storage machines: [pictrs] reports that already)
+            pictrs_reports = c.pictrs.store == "object_storage" and c.pictrs.endpoint is None and not storage
+            if (c.pictrs.store != "object_storage" or c.pictrs.endpoint is None) and not pictrs_reports:
                 p.append(
                     Problem(
                         "backup.repository",

@@ -257,6 +257,15 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "accessKeyFile": h.secrets["s3_access_key"],
                 "secretKeyFile": h.secrets["s3_secret_key"],
             }
+            if st.backup_bucket is not None:
+                from synth.backup import GARAGE_BACKUP_KEY_NAME
+
+                storage["setup"]["backup"] = {
+                    "bucket": st.backup_bucket,
+                    "keyName": GARAGE_BACKUP_KEY_NAME,
+                    "accessKeyFile": h.secrets["backup_s3_access_key"],
+                    "secretKeyFile": h.secrets["backup_s3_secret_key"],
+                }
         lc["storage"] = storage
     return {
         "networking": {"hostName": h.name},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from synth.backup import DEFAULT_BUCKET as DEFAULT_BACKUP_BUCKET
 from synth.model import (
     Cluster,
     automatic_failover,
@@ -162,6 +163,8 @@ class StoragePlan:
     # Only on the first storage machine: it assigns the layout and creates the key and bucket.
     layout: list[GarageNode] = field(default_factory=list)
     bucket: str | None = None
+    # Only on the first storage machine, with [backup] repository = "s3": pgBackRest's own bucket.
+    backup_bucket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,9 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     etcd = etcd_members(c)
 
     shared_pictrs = c.pictrs.store == "object_storage"
+    # pgBackRest's repository in a bucket of its own on the storage machines ([backup] "s3").
+    backup_s3 = c.backup is not None and c.backup.repository == "s3"
+    backup_bucket = (c.backup.bucket or DEFAULT_BACKUP_BUCKET) if c.backup is not None and backup_s3 else None
     # pict-rs takes one database URL: under Patroni its local HAProxy, which follows the leader.
     pictrs_proxy = patroni and shared_pictrs
     storage = c.machines_with("storage")
@@ -354,6 +360,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             talks_to.update(backends, peers, etcd)
             if shared_pictrs:
                 talks_to.update(pictrs)
+            if backup_s3:
+                talks_to.update(storage)
         st = None
         if "storage" in roles:
             others = [m for m in storage if m != name]
@@ -366,7 +374,11 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                     f"{c.machines[o].garage_node_id}@{hostport(addr[o], GARAGE_RPC_PORT)}" for o in others
                 ],
                 rpc_peers=[addr[o] for o in others],
-                s3_clients=[addr[p] for p in pictrs if p != name] if shared_pictrs else [],
+                s3_clients=[
+                    addr[p]
+                    for p in c.machines
+                    if p != name and ((shared_pictrs and p in pictrs) or (backup_s3 and p in pgs))
+                ],
                 layout=[
                     GarageNode(
                         node_id=c.machines[m].garage_node_id or "",
@@ -378,10 +390,13 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 if name == setup_machine
                 else [],
                 bucket=pictrs_bucket(c) if name == setup_machine else None,
+                backup_bucket=backup_bucket if name == setup_machine else None,
             )
             talks_to.update(others)
             if shared_pictrs:
                 talks_to.update(pictrs)
+            if backup_s3:
+                talks_to.update(pgs)
         et = None
         if name in etcd:
             et = EtcdPlan(

@@ -123,3 +123,25 @@ def test_no_postgres_machine() -> None:
     text = BASE.replace('roles = ["postgres"]', 'roles = ["frontend"]')
     with pytest.raises(SynthError):
         parse(with_backup('repository = "posix"', text), "c.toml")
+
+
+def test_s3_on_the_storage_machines_opens_garage_to_the_database_machines() -> None:
+    from tests.conftest import ROOT
+
+    text = (ROOT / "tests" / "golden" / "storage.toml").read_text() + '\n[backup]\nrepository = "s3"\n'
+    c = parse(text, "c.toml")
+    plans = plan(c)
+    pgs = [c.private_address(m) for m in c.machines_with("postgres")]
+    first = c.machines_with("storage")[0]
+    st = plans[first].storage
+    assert st is not None and all(a in st.s3_clients for a in pgs), "the database machines reach Garage's S3 API"
+    assert st.backup_bucket == "pgbackrest"
+    setup = host_data(c, plans[first])["services"]["lemmy-cluster"]["storage"]["setup"]
+    assert setup["backup"]["keyName"] == "pgbackrest"
+    assert setup["backup"]["accessKeyFile"].endswith("/backup-s3-access-key")
+    b = host_data(c, plans["db1"])["services"]["lemmy-cluster"]["backup"]
+    assert b["repository"]["endpoint"] == f"http://{c.private_address(first)}:3900"
+    assert b["repository"]["uriStyle"] == "path"
+    for name in c.machines_with("storage")[1:]:
+        other = plans[name].storage
+        assert other is not None and other.backup_bucket is None, "one machine creates the bucket"
