@@ -81,3 +81,7 @@ LEMMY_DB: str
 ETCD_CLIENT_URLS: dict[str, str]
 ETCD_MEMBERS: list[str]
 PATRONI_TTL: int
+# backup: the PostgreSQL data directory, the pgBackRest stanza and the posix repository folder
+DATA_DIR: str
+STANZA: str
+REPOSITORY: str

@@ -239,6 +239,10 @@ in
             "--finish-with"
             "${pgPackage}/bin"
           ]
+          ++ lib.concatMap (c: [
+            "--credential"
+            c
+          ]) (map (lib.replaceStrings [ ":" ] [ "=" ]) credentials)
         } "$@" -- ${command}
       '')
       (pkgs.writeShellScriptBin "lemmy-cluster-move-aside" ''
@@ -258,6 +262,13 @@ in
         } "$@"
       ''
     );
+
+    # nixpkgs makes the repository's folder the home of its pgbackrest user (0700, its owner);
+    # here every pgbackrest process runs as postgres, which owns the repository.
+    users.users.pgbackrest = {
+      home = lib.mkForce "/var/empty";
+      createHome = lib.mkForce false;
+    };
 
     # The posix repository (with several machines: the shared mount's folder), PostgreSQL's.
     systemd.tmpfiles.rules = lib.optional (!s3) "d ${cfg.repository.path} 0750 postgres postgres - -";

@@ -133,6 +133,7 @@ def restore(b: BackupLab, machine: str, *args: str) -> object:
     and promote, then stop cleanly, before postgresql.service starts the restored data)."""
     srv = b.db(machine)
     args = ("--data-dir", str(srv.data), "--stanza", "lemmy", "--finish-with", str(pg.PG_BIN), *args)
+    args = (*args, "--credential", f"backup-cipher-pass={b.cipher}")
     return b.br(machine).script(srv.host, "restore.sh", list(args))
 
 

@@ -198,7 +198,9 @@ def test_a_restore_bootstraps_the_cluster_from_the_backup(plab: Lab) -> None:
 
 def plabs_restore(plab: Lab, machine: str, *args: str) -> subprocess.CompletedProcess[str]:
     m = plab.lab.members[machine]
-    return plab.brs[machine].script(m.host, "restore.sh", ["--data-dir", str(m.data), "--stanza", "lemmy", *args])
+    cipher = f"backup-cipher-pass={plab.brs[machine].cipher_pass_file}"
+    args = ("--data-dir", str(m.data), "--stanza", "lemmy", "--credential", cipher, *args)
+    return plab.brs[machine].script(m.host, "restore.sh", list(args))
 
 
 def lab_options(plab: Lab, machine: str) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 # directory aside (DATA.before-restore-<UTC time>), never deleting it.
 #
 # Usage: restore.sh --data-dir DIR --stanza NAME (--time 'YYYY-MM-DD HH:MM:SS[.ffffff]+ZZ' | --latest)
-#                   [--check-only] [--owner USER] [--finish-with BIN_DIR] -- PGBACKREST-COMMAND...
+#                   [--check-only] [--owner USER] [--finish-with BIN_DIR] [--credential NAME=FILE]...
+#                   -- PGBACKREST-COMMAND...
 #
 # PostgreSQL must be stopped. First every check that needs no change (the repository answers, the
 # passphrase decrypts it, a backup ended before the time asked for, PostgreSQL is not running);
@@ -19,9 +20,12 @@
 # until it has replayed to the target and promoted, and stop it cleanly (a checkpoint): what
 # Patroni needs, which takes over a cleanly stopped primary but would otherwise treat a folder in
 # recovery as a replica's. The recovery settings that pgbackrest wrote are reset then.
+# --credential: a copy of FILE, readable by USER only, is $CREDENTIALS_DIRECTORY/NAME of that
+# PostgreSQL (as systemd's LoadCredential gives postgresql.service), so that its restore_command
+# and archive_command (the wrapper) read the passphrase; the copies are removed at the end.
 set -euo pipefail
 
-data="" stanza="" target="" latest=0 check_only=0 owner="" finish=""
+data="" stanza="" target="" latest=0 check_only=0 owner="" finish="" credentials=()
 while [ $# -gt 0 ]; do
     case $1 in
     --data-dir) data=${2%/}; shift 2 ;;
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
     --check-only) check_only=1; shift ;;
     --owner) owner=$2; shift 2 ;;
     --finish-with) finish=$2; shift 2 ;;
+    --credential) credentials+=("$2"); shift 2 ;;
     --) shift; break ;;
     *) echo "restore: unknown option $1" >&2; exit 2 ;;
     esac
@@ -115,6 +120,22 @@ as_owner() {
 }
 sock=$(mktemp -d /tmp/lemmy-cluster-restore.XXXXXX)
 [ -z "$owner" ] || [ "$(id -u)" -ne 0 ] || chown "$owner:" "$sock"
+creds=""
+cleanup() {
+    [ -z "$creds" ] || rm -rf -- "$creds"
+    rmdir -- "$sock" 2>/dev/null || true
+}
+trap cleanup EXIT
+if [ ${#credentials[@]} -gt 0 ]; then
+    creds=$(mktemp -d "$( [ -w /run ] && echo /run || echo /tmp)/lemmy-cluster-restore-credentials.XXXXXX")
+    for c in "${credentials[@]}"; do
+        install -m 0400 -- "${c#*=}" "$creds/${c%%=*}"
+    done
+    if [ -n "$owner" ] && [ "$(id -u)" -eq 0 ]; then
+        chown -R "$owner:" "$creds"
+    fi
+    export CREDENTIALS_DIRECTORY=$creds
+fi
 log="$data.restore-$stamp.log"
 as_owner touch "$log" 2>/dev/null || log=/dev/null
 echo "restore: replaying the archive in $data (PostgreSQL without a TCP listener; log: $log)"
@@ -135,5 +156,4 @@ done
 sql CHECKPOINT >/dev/null
 timeline=$(sql 'SELECT timeline_id FROM pg_control_checkpoint()')
 as_owner "$finish/pg_ctl" stop -m fast -w -t 600 -D "$data" >/dev/null
-rmdir "$sock" 2>/dev/null || true
 echo "restore: $data replayed to the target and promoted (timeline $timeline), stopped cleanly; start Patroni (or PostgreSQL) on it"
