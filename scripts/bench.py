@@ -133,6 +133,12 @@ def load_live_sections() -> None:
         return
     SECTIONS.update(bench_live.SECTIONS)
     try:
+        from tests.live import bench_backup  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        SECTIONS.update(bench_backup.SECTIONS)
+    try:
         from tests.live import bench_patroni  # type: ignore[attr-defined]
     except ImportError:
         return
