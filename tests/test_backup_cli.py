@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,7 @@ from synth.backupsteps import parse_time
 from tests.conftest import EXAMPLES
 from tests.test_cli import run, snapshot
 
-FAKE_SSH = r"""#!/usr/bin/env python3
-import json, os, sys
+FAKE_SSH = r"""import json, os, sys
 args = sys.argv[1:]
 command = args[-1]
 host = args[-2].split("@")[-1]
@@ -65,7 +65,8 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     ssh = bin_dir / "ssh"
-    ssh.write_text(FAKE_SSH)
+    # The test's own Python (the flake's sandbox has no /usr/bin/env python3).
+    ssh.write_text(f"#!{sys.executable}\n" + FAKE_SSH)
     ssh.chmod(ssh.stat().st_mode | stat.S_IXUSR)
     log = tmp_path / "ssh.log"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
