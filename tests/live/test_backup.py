@@ -357,3 +357,111 @@ def test_verify_reports_the_ages_of_the_last_backup_and_the_last_archived_wal(bl
     assert not failing[0].ok and "archiving fails" in failing[0].detail, failing
     assert not failing[1].ok and "cannot read the repository" in failing[1].detail, failing
     wait_archived(db1, timeout=120)  # it catches up once the repository is back
+
+
+# --------------------------------------------------------------------------- synth over SSH
+
+
+def shims(b: BackupLab, folder: Path) -> Path:
+    """What NixOS puts on db1's PATH, for root's SSH sessions: the module's tools
+    (lemmy-cluster-pgbackrest, lemmy-cluster-restore: its scripts with the arguments
+    modules/backup/default.nix gives them, the test's paths), and stand-ins for what systemd and
+    NixOS's psql do here (systemctl start/stop postgresql.service: pg_ctl on db1's data directory,
+    as postgresql.service runs it; psql: db1's socket folder)."""
+    import shlex
+
+    from tests.live.backup import PGBACKREST as BIN
+
+    srv = b.db("db1")
+    br = b.br("db1")
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapper = [
+        "bash", str(SCRIPTS / "pgbackrest.sh"), "--bin", str(BIN), "--cipher-pass-file", str(b.cipher),
+        "--run-as", "postgres", "--", f"--config={br.conf}",
+    ]  # fmt: skip
+    tools = {
+        "lemmy-cluster-pgbackrest": f'exec {shlex.join(wrapper)} "$@"',
+        "lemmy-cluster-restore": (
+            f"exec bash {SCRIPTS / 'restore.sh'} --data-dir {srv.data} --stanza lemmy --owner postgres "
+            f'--finish-with {pg.PG_BIN} --credential backup-cipher-pass={b.cipher} "$@" -- {shlex.join(wrapper)}'
+        ),
+        "psql": f'exec {pg.PG_BIN / "psql"} -h {srv.run_dir} "$@"',
+        "systemctl": (
+            'case "$1 $2" in\n'
+            f'"stop postgresql.service") exec runuser -u postgres -- {pg.PG_BIN / "pg_ctl"} stop -D {srv.data}'
+            " -m fast -w ;;\n"
+            f'"start postgresql.service") ln -sfn {srv.conf_dir / "postgresql.conf"} {srv.data / "postgresql.conf"}\n'
+            f"  exec runuser -u postgres -- {pg.PG_BIN / 'pg_ctl'} start -D {srv.data} -w -t 300"
+            f" -l {srv.base / 'pg_ctl.log'} ;;\n"
+            '*) echo "systemctl stand-in: $*" >&2; exit 2 ;;\nesac'
+        ),
+    }
+    for name, body in tools.items():
+        path = folder / name
+        path.write_text(f"#!/bin/bash\nset -euo pipefail\n{body}\n")
+        path.chmod(0o755)
+    return folder
+
+
+def test_synth_backup_and_restore_over_ssh(blab: BackupLab) -> None:
+    """synth backup --now and synth restore --to TIME --yes, over real SSH to db1, run the module's
+    tools there; the cluster file names db1 as its only postgres machine."""
+    import subprocess
+
+    from tests.live.ssh import SshKeys, start_sshd
+
+    db1 = blab.db("db1")
+    folder = blab.workdir / "ssh"
+    keys = SshKeys.create(folder)
+    path = shims(blab, folder / "bin")
+    start_sshd(db1.host, keys, folder, extra=[f"SetEnv PATH={path}:{pg.SYS_PATH}"])
+    text = cluster_text(blab.repo)
+    for name in ("db2", "db3"):
+        text = text.replace(f'[machines.{name}]\naddress = "{SUBNET}3{name[-1]}"\nroles = ["postgres"]\n', "")
+    text = text.replace("shared_mount = true\n", "")
+    cluster_file = blab.workdir / "ssh-cluster.toml"
+    cluster_file.write_text(text)
+    ssh = ["-i", str(keys.client_key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+
+    def synth(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "synth", *args, "--cluster", str(cluster_file), *ssh],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+            cwd=ROOT,
+        )
+
+    r = synth("backup", "--now", "--type", "diff")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "db1: taking a diff backup" in r.stdout and "diff" in r.stdout.split("read on db1:")[1], r.stdout
+    assert "last archived WAL" in r.stdout, r.stdout
+
+    db1.psql_run("CREATE TABLE ssh_marks (id int PRIMARY KEY)", db="lemmy")
+    db1.psql_run("INSERT INTO ssh_marks SELECT generate_series(1, 10)", db="lemmy")
+    time.sleep(0.5)
+    target = db1.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00:00')")
+    time.sleep(0.5)
+    db1.psql_run("DROP TABLE ssh_marks", db="lemmy")
+    wait_archived(db1)
+
+    # A time before the first backup: refused at the check, nothing changed, PostgreSQL still up.
+    r = synth("restore", "--to", "2001-01-01 00:00:00+00:00", "--yes")
+    assert r.returncode == 1 and "nothing was changed" in r.stderr, r.stdout + r.stderr
+    assert db1.sql("SELECT 1") == "1"
+
+    r = synth("restore", "--to", target, "--yes")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert db1.sql("SELECT count(*) FROM ssh_marks", db="lemmy") == "10", "the dropped table is back"
+        assert db1.sql("SELECT pg_is_in_recovery()") == "f"
+        assert len(asides(db1)) >= 2, "every restore keeps the data directory it replaced"
+        assert "[5/5] db1: a full backup" in r.stdout, r.stdout
+    finally:
+        # The server the stand-in systemctl started (not the lab's process): stop it here.
+        subprocess.run(
+            pg.as_pg([str(pg.PG_BIN / "pg_ctl"), "stop", "-D", str(db1.data), "-m", "fast", "-w"]),
+            capture_output=True,
+            check=False,
+        )

@@ -58,6 +58,7 @@ if [ -n "$s3key" ]; then
     export PGBACKREST_REPO1_S3_KEY PGBACKREST_REPO1_S3_KEY_SECRET
 fi
 if [ -n "$run_as" ] && [ "$(id -u)" -eq 0 ] && [ "$(id -un)" != "$run_as" ]; then
+    cd / # root's folder may be closed to USER
     exec runuser -u "$run_as" -- "$bin" "$@"
 fi
 exec "$bin" "$@"
