@@ -20,6 +20,9 @@ from synth.checks import CheckResult
 from synth.checks.postgres import DEFAULT_ACCESS, PsqlAccess, query
 
 DEFAULT_MAX_BACKUP_AGE = 2 * 24 * 3600
+# During a rollout the repository may not be usable yet: the storage machines that hold an "s3"
+# repository are deployed after the postgres machines, and the stanza comes with the first start.
+_LATER = " (in a rollout this does not fail: the repository may come later)"
 PGBACKREST = "lemmy-cluster-pgbackrest"
 
 
@@ -84,13 +87,17 @@ def backup_checks(
         info = None
     if info is None:
         detail = (r.stderr or r.stdout or f"exit {r.rc}").strip()[:300]
-        results.append(CheckResult("backup: last backup", False, f"cannot read the repository: {detail}"))
+        results.append(
+            CheckResult(
+                "backup: last backup", rollout, f"cannot read the repository: {detail}" + (_LATER if rollout else "")
+            )
+        )
         return results
     status = info[0].get("status", {}) if info else {"code": 1, "message": "no stanza"}
     stop = last_backup_stop(info)
     if status.get("code") not in (0, 2):  # 2: "no valid backups"
         detail = f"cannot read the repository: stanza {stanza}: {status.get('message', '?')}"
-        results.append(CheckResult("backup: last backup", False, detail))
+        results.append(CheckResult("backup: last backup", rollout, detail + (_LATER if rollout else "")))
     elif stop is None:
         results.append(CheckResult("backup: last backup", rollout, "no backup in the repository yet"))
     else:
