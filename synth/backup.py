@@ -222,3 +222,10 @@ def repository_options(c: Cluster) -> dict[str, object]:
         "uriStyle": "path" if c.pictrs.path_style else "host",
         "path": "/",
     }
+
+
+def pictrs_files_destination(c: Cluster) -> str:
+    """Where a local pict-rs's snapshots go: beside the posix repository's own folders."""
+    b = c.backup
+    assert b is not None
+    return (b.path or DEFAULT_PATH).rstrip("/") + "/pictrs-files"

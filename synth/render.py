@@ -65,6 +65,13 @@ def backup_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
     if b.repository != "posix":
         data["s3AccessKeyFile"] = h.secrets["backup_s3_access_key"]
         data["s3SecretKeyFile"] = h.secrets["backup_s3_secret_key"]
+    if b.repository == "posix" and c.pictrs.store == "local" and "pictrs" in h.roles:
+        # The local pict-rs of this machine: snapshots of its folder beside the repository.
+        data["pictrsFiles"] = {
+            "enable": True,
+            "destination": backup.pictrs_files_destination(c),
+            "keep": b.diff_retention + 1,
+        }
     return data
 
 

@@ -145,3 +145,14 @@ def test_s3_on_the_storage_machines_opens_garage_to_the_database_machines() -> N
     for name in c.machines_with("storage")[1:]:
         other = plans[name].storage
         assert other is not None and other.backup_bucket is None, "one machine creates the bucket"
+
+
+def test_a_local_pictrs_on_a_posix_machine_gets_its_folder_snapshotted() -> None:
+    from tests.conftest import EXAMPLES
+
+    c = parse((EXAMPLES / "single.toml").read_text(), "c.toml")
+    b = host_data(c, plan(c)["lemmy1"])["services"]["lemmy-cluster"]["backup"]
+    assert b["pictrsFiles"] == {"enable": True, "destination": "/var/lib/pgbackrest/pictrs-files", "keep": 7}
+    # pict-rs elsewhere, or object storage: no snapshot of a local folder.
+    c = parse(with_backup('repository = "posix"'), "c.toml")
+    assert "pictrsFiles" not in host_data(c, plan(c)["db1"])["services"]["lemmy-cluster"]["backup"]

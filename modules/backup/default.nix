@@ -74,6 +74,8 @@ let
   jobUnit = job: "pgbackrest-${cfg.stanza}-${job}";
 in
 {
+  imports = [ ./pictrs-files.nix ];
+
   options.services.lemmy-cluster.backup = {
     enable = lib.mkEnableOption "pgBackRest backups and WAL archiving of this machine's PostgreSQL (the postgres role)";
     stanza = mkOption {

@@ -3,7 +3,8 @@
 # the first full backup is taken by itself, then: posts through the API, a table dropped through
 # psql (the mistake), `lemmy-cluster-restore --time <before the drop>` (the commands `synth
 # restore` runs for this cluster, in its order), and Lemmy serves the old posts again; the data
-# directory from before the restore is kept.
+# directory from before the restore is kept; a snapshot of the local pict-rs's folder, with
+# pict-rs running again after it.
 { pkgs, t }:
 pkgs.testers.runNixOSTest {
   name = "lemmy-cluster-backup";

@@ -97,3 +97,9 @@ with subtest("Lemmy serves the old posts again"):
 
 with subtest("a new full backup of the restored database"):
     lemmy1.succeed(quote("lemmy-cluster-pgbackrest", f"--stanza={STANZA}", "backup", "--type=full"))
+
+with subtest("a snapshot of pict-rs's folder, pict-rs running again after it"):
+    lemmy1.succeed("systemctl start lemmy-cluster-pictrs-backup.service")
+    snapshots = lemmy1.succeed(f"ls -d {REPOSITORY}/pictrs-files/20*").split()
+    expect_equal(1, len(snapshots), "snapshots of pict-rs's folder")
+    lemmy1.wait_for_unit("pict-rs.service")

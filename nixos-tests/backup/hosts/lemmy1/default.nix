@@ -92,6 +92,11 @@
           diff = "Mon..Sat *-*-* 01:00:00";
         };
         cipherPassFile = "/var/lib/lemmy-cluster/secrets/backup-cipher-pass";
+        pictrsFiles = {
+          enable = true;
+          destination = "/var/lib/pgbackrest/pictrs-files";
+          keep = 7;
+        };
       };
     };
   };
