@@ -65,6 +65,9 @@ def blab() -> Iterator[BackupLab]:
     repo = workdir / "repo"
     repo.mkdir(mode=0o750)
     chown_pg(repo)
+    # A local pict-rs's snapshots live in the repository's folder too (pictrs-backup.sh): pgBackRest
+    # works beside them.
+    (repo / "pictrs-files" / "20261201T013000Z" / "files").mkdir(parents=True)
     cluster_file = workdir / "cluster.toml"
     cluster_file.write_text(cluster_text(repo))
     try:
