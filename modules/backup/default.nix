@@ -300,12 +300,15 @@ in
         lemmy-cluster-backup-init = {
           description = "lemmy-cluster: pgBackRest stanza and first full backup (on the machine that leads)";
           wantedBy = [ "multi-user.target" ];
+          # Again every hour (each step already done is skipped): a machine that was a standby at
+          # boot and leads now, or a stanza that the first attempt could not create, is caught up
+          # long before the weekly full backup (WAL that cannot be archived stays in pg_wal).
+          startAt = "hourly";
           after = [ pgUnit ];
           wants = [ pgUnit ];
           path = [ pkgs.gnugrep ];
           serviceConfig = {
             Type = "oneshot";
-            RemainAfterExit = true;
             User = "postgres";
             Group = "postgres";
             LoadCredential = credentials;

@@ -29,9 +29,12 @@ with (
     subtest("the machine starts, and the first full backup is taken by itself"),
     journal_on_failure(lemmy1, "postgresql.service", "lemmy-cluster-backup-init.service", "lemmy.service"),
 ):
-    for unit in ["postgresql.service", "lemmy-cluster-backup-init.service", "lemmy.service", "nginx.service"]:
+    for unit in ["postgresql.service", "lemmy.service", "nginx.service"]:
         lemmy1.wait_for_unit(unit)
-    info = lemmy1.succeed(quote("lemmy-cluster-pgbackrest", f"--stanza={STANZA}", "info"))
+    # lemmy-cluster-backup-init is a oneshot (again every hour): wait for what it leaves.
+    info_command = quote("lemmy-cluster-pgbackrest", f"--stanza={STANZA}", "info")
+    lemmy1.wait_until_succeeds(f"{info_command} | grep -q 'full backup'", timeout=300)
+    info = lemmy1.succeed(info_command)
     expect("full backup" in info, "pgbackrest info lists a full backup", info)
     expect("cipher: aes-256-cbc" in info, "the repository is encrypted", info)
     lemmy1.succeed(quote("test", "-d", f"{REPOSITORY}/backup/{STANZA}"))
