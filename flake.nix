@@ -59,6 +59,7 @@
         pg-proxy = ./modules/pg-proxy;
         storage = ./modules/storage;
         mesh = ./modules/mesh;
+        backup = ./modules/backup;
         default = ./modules;
       };
 

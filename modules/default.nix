@@ -12,5 +12,6 @@
     ./pg-proxy
     ./storage
     ./mesh
+    ./backup
   ];
 }

@@ -86,3 +86,7 @@ MESH_PORT: int
 MESH_ADDRESSES: dict[str, str]
 UNDERLAY_ADDRESSES: dict[str, str]
 MESH_PEERS: dict[str, str]
+# backup: the PostgreSQL data directory, the pgBackRest stanza and the posix repository folder
+DATA_DIR: str
+STANZA: str
+REPOSITORY: str

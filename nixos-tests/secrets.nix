@@ -36,6 +36,7 @@ let
   pictrsShared = lc.pictrs.store == "object_storage";
   patroni = lc.postgres.enable && lc.postgres.patroni.enable;
   storage = lc.storage.enable;
+  backup = lc.backup.enable;
 
   files = lib.unique (
     lib.optionals lc.backend.enable [
@@ -78,6 +79,19 @@ let
           lc.storage.setup.secretKeyFile
         ]
       )
+      ++ lib.optionals (lc.storage.setup.enable && lc.storage.setup.backup != null) [
+        lc.storage.setup.backup.accessKeyFile
+        lc.storage.setup.backup.secretKeyFile
+      ]
+    )
+    # [backup]: the repository's passphrase, and an S3 repository's key (the same on every
+    # postgres machine and on the storage machine that imports it into Garage).
+    ++ lib.optionals backup (
+      lib.filter (f: f != null) [
+        lc.backup.cipherPassFile
+        lc.backup.s3AccessKeyFile
+        lc.backup.s3SecretKeyFile
+      ]
     )
   );
 
@@ -98,6 +112,27 @@ let
           }
           {
             file = lc.storage.setup.secretKeyFile;
+            format = "hex64";
+          }
+        ]
+        # The backups' S3 key where it is Garage's (the VM tests' only S3 server).
+        ++ lib.optionals (storage && lc.storage.setup.enable && lc.storage.setup.backup != null) [
+          {
+            file = lc.storage.setup.backup.accessKeyFile;
+            format = "garage-key-id";
+          }
+          {
+            file = lc.storage.setup.backup.secretKeyFile;
+            format = "hex64";
+          }
+        ]
+        ++ lib.optionals (backup && lc.backup.repository.type == "s3") [
+          {
+            file = lc.backup.s3AccessKeyFile;
+            format = "garage-key-id";
+          }
+          {
+            file = lc.backup.s3SecretKeyFile;
             format = "hex64";
           }
         ]
@@ -141,6 +176,11 @@ let
       "patroni.service"
       "lemmy-cluster-patroni-config.service"
       "lemmy-cluster-patroni-setup.service"
+    ]
+    ++ lib.optionals backup [
+      "lemmy-cluster-backup-init.service"
+      "pgbackrest-${lc.backup.stanza}-full.service"
+      "pgbackrest-${lc.backup.stanza}-diff.service"
     ]
     ++ lib.optional storage "garage.service"
     # nixpkgs' interface unit reads the private key file.

@@ -127,7 +127,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {"synth": bench_syn
 def load_live_sections() -> None:
     """The live figures need root, namespaces, nginx and PostgreSQL (see tests/live); the
     failover figures also etcd, HAProxy and Patroni (tests/live/bench_patroni.py), the mesh's
-    wireguard-go (tests/live/bench_mesh.py)."""
+    wireguard-go (tests/live/bench_mesh.py), the backups' pgBackRest (tests/live/bench_backup.py)."""
     try:
         from tests.live import bench_live  # type: ignore[attr-defined]
     except ImportError:
@@ -139,6 +139,12 @@ def load_live_sections() -> None:
         pass
     else:
         SECTIONS.update(bench_mesh.SECTIONS)
+    try:
+        from tests.live import bench_backup  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        SECTIONS.update(bench_backup.SECTIONS)
     try:
         from tests.live import bench_patroni  # type: ignore[attr-defined]
     except ImportError:

@@ -34,6 +34,9 @@ have curl || need+=(curl)
 [ -x /usr/bin/wg ] || need+=(wireguard-tools)
 [ -x /usr/bin/tcpdump ] || [ -x /usr/sbin/tcpdump ] || need+=(tcpdump)
 have ping || need+=(iputils-ping)
+# pgBackRest for the backup live tests (Debian: 2.45, which speaks S3 only over TLS; they use a posix repository).
+[ -x /usr/bin/pgbackrest ] || need+=(pgbackrest)
+have rsync || need+=(rsync)  # modules/backup/scripts/pictrs-backup.sh and its test
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The Patroni venv is made from Debian's own python3, which needs its python3-venv too.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

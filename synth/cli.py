@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from synth.commands.add_machine import add_machine
+from synth.commands.backup import backup
 from synth.commands.deploy import deploy
 from synth.commands.diagram import diagram
 from synth.commands.generate import generate
@@ -17,6 +18,7 @@ from synth.commands.mesh import mesh_group
 from synth.commands.plan import plan
 from synth.commands.promote import promote
 from synth.commands.remove_machine import remove_machine
+from synth.commands.restore import restore
 from synth.commands.secrets import secrets
 from synth.commands.validate import validate
 from synth.commands.verify import verify
@@ -29,6 +31,19 @@ def main(debug: bool) -> None:
     """Compile a Lemmy cluster description (cluster.toml) into one NixOS module per machine."""
 
 
-COMMANDS = (validate, generate, add_machine, remove_machine, plan, diagram, secrets, verify, deploy, promote)
+COMMANDS = (
+    validate,
+    generate,
+    add_machine,
+    remove_machine,
+    plan,
+    diagram,
+    secrets,
+    verify,
+    deploy,
+    promote,
+    backup,
+    restore,
+)
 for command in (*COMMANDS, mesh_group):
     main.add_command(command)

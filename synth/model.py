@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from synth.backup import BackupSection
 from synth.errors import Problem, SynthError, dotted
 
 Role = Literal["frontend", "backend", "pictrs", "postgres", "storage"]
@@ -174,6 +175,7 @@ class Cluster(_Strict):
     network: NetworkSection = NetworkSection()
     secrets: SecretsSection = SecretsSection()
     ssh: SshSection = SshSection()
+    backup: BackupSection | None = None
     machines: dict[str, Machine]
 
     def machines_with(self, role: str) -> list[str]:
@@ -425,6 +427,7 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
     p += _check_failover(c)
     p += _check_storage(c, pending_node_ids)
     p += _check_lemmy(c)
+    p += _check_backup(c)
     from synth import mesh
 
     if mesh.enabled(c):
@@ -496,6 +499,12 @@ def _check_ssh(s: SshSection) -> list[Problem]:
                 )
             )
     return p
+
+
+def _check_backup(c: Cluster) -> list[Problem]:
+    from synth import backup
+
+    return backup.check(c)
 
 
 def smtp_port(e: EmailSection) -> int:

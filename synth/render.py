@@ -49,6 +49,33 @@ def header(source: str, extra: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def backup_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
+    """services.lemmy-cluster.backup of a postgres machine (modules/backup)."""
+    from synth import backup
+
+    b = c.backup
+    assert b is not None
+    data: dict[str, Any] = {
+        "enable": True,
+        "stanza": backup.STANZA,
+        "repository": backup.repository_options(c),
+        "retention": {"full": b.full_retention, "diff": b.diff_retention},
+        "schedule": {"full": b.full_schedule, "diff": b.diff_schedule},
+        "cipherPassFile": h.secrets["backup_cipher_pass"],
+    }
+    if b.repository != "posix":
+        data["s3AccessKeyFile"] = h.secrets["backup_s3_access_key"]
+        data["s3SecretKeyFile"] = h.secrets["backup_s3_secret_key"]
+    if b.repository == "posix" and c.pictrs.store == "local" and "pictrs" in h.roles:
+        # The local pict-rs of this machine: snapshots of its folder beside the repository.
+        data["pictrsFiles"] = {
+            "enable": True,
+            "destination": backup.pictrs_files_destination(c),
+            "keep": b.diff_retention + 1,
+        }
+    return data
+
+
 def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
     """The attribute set of hosts/<machine>/default.nix, as Python data."""
     cl = c.cluster
@@ -202,6 +229,8 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "restApiPasswordFile": h.secrets["patroni_api_password"],
             }
         lc["postgres"] = postgres
+        if c.backup is not None:
+            lc["backup"] = backup_data(c, h)
     if h.etcd:
         lc["etcd"] = {
             "enable": True,
@@ -245,6 +274,15 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "accessKeyFile": h.secrets["s3_access_key"],
                 "secretKeyFile": h.secrets["s3_secret_key"],
             }
+            if st.backup_bucket is not None:
+                from synth.backup import GARAGE_BACKUP_KEY_NAME
+
+                storage["setup"]["backup"] = {
+                    "bucket": st.backup_bucket,
+                    "keyName": GARAGE_BACKUP_KEY_NAME,
+                    "accessKeyFile": h.secrets["backup_s3_access_key"],
+                    "secretKeyFile": h.secrets["backup_s3_secret_key"],
+                }
         lc["storage"] = storage
     if h.mesh:
         lc["mesh"] = mesh_data(h.mesh)

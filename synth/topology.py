@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from synth import mesh
+from synth.backup import DEFAULT_BUCKET as DEFAULT_BACKUP_BUCKET
 from synth.mesh import MeshPlan
 from synth.model import (
     Cluster,
@@ -77,6 +78,10 @@ SECRET_FILES = {
     "patroni_api_password": "patroni-api-password",
     # only with [network] mesh = "wireguard": the machine's WireGuard private key
     "wireguard_key": "wireguard-private-key",
+    # only with [backup]: pgBackRest's repository passphrase, and with an S3 repository its key
+    "backup_cipher_pass": "backup-cipher-pass",
+    "backup_s3_access_key": "backup-s3-access-key",
+    "backup_s3_secret_key": "backup-s3-secret-key",
 }
 # Secrets of which every machine has its own: secrets/<file>.<machine> here, <dir>/<file> there.
 PER_MACHINE_SECRETS = frozenset({"garage_node_key", "wireguard_key"})
@@ -162,6 +167,8 @@ class StoragePlan:
     # Only on the first storage machine: it assigns the layout and creates the key and bucket.
     layout: list[GarageNode] = field(default_factory=list)
     bucket: str | None = None
+    # Only on the first storage machine, with [backup] repository = "s3": pgBackRest's own bucket.
+    backup_bucket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +239,9 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     etcd = etcd_members(c)
 
     shared_pictrs = c.pictrs.store == "object_storage"
+    # pgBackRest's repository in a bucket of its own on the storage machines ([backup] "s3").
+    backup_s3 = c.backup is not None and c.backup.repository == "s3"
+    backup_bucket = (c.backup.bucket or DEFAULT_BACKUP_BUCKET) if c.backup is not None and backup_s3 else None
     # pict-rs takes one database URL: under Patroni its local HAProxy, which follows the leader.
     pictrs_proxy = patroni and shared_pictrs
     storage = c.machines_with("storage")
@@ -260,10 +270,16 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 need += ["pictrs_db_password"]
             if patroni:
                 need += ["postgres_superuser_password", "rewind_password", "patroni_api_password"]
+            if c.backup is not None:
+                need += ["backup_cipher_pass"]
+                if c.backup.repository != "posix":
+                    need += ["backup_s3_access_key", "backup_s3_secret_key"]
         if "storage" in roles:
             need += ["garage_rpc_secret", "garage_node_key"]
         if "storage" in roles and name == setup_machine:
             need += ["s3_access_key", "s3_secret_key"]  # imported into Garage as pict-rs's key
+            if c.backup is not None and c.backup.repository == "s3":
+                need += ["backup_s3_access_key", "backup_s3_secret_key"]  # the backups' own key
         if mesh.enabled(c):
             need += [mesh.SECRET_KEY]
         base = c.secrets.dir.rstrip("/")
@@ -353,6 +369,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             talks_to.update(backends, peers, etcd)
             if shared_pictrs:
                 talks_to.update(pictrs)
+            if backup_s3:
+                talks_to.update(storage)
         st = None
         if "storage" in roles:
             others = [m for m in storage if m != name]
@@ -365,7 +383,11 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                     f"{c.machines[o].garage_node_id}@{hostport(addr[o], GARAGE_RPC_PORT)}" for o in others
                 ],
                 rpc_peers=[addr[o] for o in others],
-                s3_clients=[addr[p] for p in pictrs if p != name] if shared_pictrs else [],
+                s3_clients=[
+                    addr[p]
+                    for p in c.machines
+                    if p != name and ((shared_pictrs and p in pictrs) or (backup_s3 and p in pgs))
+                ],
                 layout=[
                     GarageNode(
                         node_id=c.machines[m].garage_node_id or "",
@@ -377,10 +399,13 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 if name == setup_machine
                 else [],
                 bucket=pictrs_bucket(c) if name == setup_machine else None,
+                backup_bucket=backup_bucket if name == setup_machine else None,
             )
             talks_to.update(others)
             if shared_pictrs:
                 talks_to.update(pictrs)
+            if backup_s3:
+                talks_to.update(pgs)
         et = None
         if name in etcd:
             et = EtcdPlan(

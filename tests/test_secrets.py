@@ -140,7 +140,8 @@ def test_init_never_invents_the_provided_secrets(tmp_path: Path) -> None:
     assert code == 0, err
     folder = tmp_path / "secrets"
     assert (folder / "pictrs-db-password").is_file(), "pict-rs's database password is ours to make"
-    for name in ("s3-access-key", "s3-secret-key"):
+    # pict-rs's key, and the backups' key ([backup] repository = "external-s3")
+    for name in ("s3-access-key", "s3-secret-key", "backup-s3-access-key", "backup-s3-secret-key"):
         assert not (folder / name).exists(), f"{name} must come from the S3 provider"
         assert f"missing: {folder / name}: put the key your S3 provider gave you there" in out
     assert not (folder / "smtp-password").exists()
@@ -148,7 +149,8 @@ def test_init_never_invents_the_provided_secrets(tmp_path: Path) -> None:
         f"missing: {folder / 'smtp-password'}: put the password of the SMTP login 'lemmy@example.net' there "
         "(one line, mode 0600)" in out
     )
-    assert ", 3 to provide in " in out
+    assert ", 5 to provide in " in out
+    assert (folder / "backup-cipher-pass").is_file(), "the backups' passphrase is ours to make"
 
 
 def test_push_asks_for_the_smtp_password(tmp_path: Path) -> None:

@@ -116,6 +116,15 @@ in
       example = [ "10.0.0.31" ];
       description = "Addresses of the other PostgreSQL machines: allowed to replicate, and through the firewall.";
     };
+    archiveCommand = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "lemmy-cluster-pgbackrest --stanza=lemmy archive-push \"%p\"";
+      description = ''
+        PostgreSQL's archive_command, with archive_mode = on (only a primary archives; under
+        Patroni whichever member leads). Set by the backup role (services.lemmy-cluster.backup).
+      '';
+    };
     pictrsDatabase = {
       enable = lib.mkEnableOption "a database for pict-rs's Postgres repository (pict-rs with object storage)";
       name = mkOption {

@@ -91,7 +91,20 @@ in
       parameters = {
         unix_socket_directories = paths.socketDir;
         password_encryption = "scram-sha-256";
-      };
+      }
+      // (
+        # WAL archiving (the backup role): in every member's own parameters, so that whichever
+        # member leads archives (archive_mode = on: a replica does not).
+        if (cfg.archiveCommand or null) != null then
+          {
+            archive_mode = "on";
+            archive_command = cfg.archiveCommand;
+            # A quiet database still hands its WAL to the archive within a minute (the RPO).
+            archive_timeout = 60;
+          }
+        else
+          { }
+      );
       custom_conf = paths.baseConf;
       callbacks = {
         on_start = paths.callback;

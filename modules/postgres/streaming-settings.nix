@@ -35,6 +35,18 @@ in
     }
 )
 // (
+  # WAL archiving (the backup role): only a primary archives (archive_mode = on).
+  if (cfg.archiveCommand or null) != null then
+    {
+      archive_mode = "on";
+      archive_command = cfg.archiveCommand;
+      # A quiet database still hands its WAL to the archive within a minute (the RPO).
+      archive_timeout = 60;
+    }
+  else
+    { }
+)
+// (
   if isPrimary && cfg.synchronousStandbys != [ ] then
     {
       synchronous_standby_names = "ANY 1 (${builtins.concatStringsSep ", " cfg.synchronousStandbys})";

@@ -102,9 +102,16 @@ in
       ];
       # First match wins; these come before nixpkgs' defaults (local peer, loopback md5).
       authentication = lib.concatMapStrings (line: line + "\n") (import ./hba.nix cfg);
-      settings = settings // {
-        listen_addresses = lib.mkForce settings.listen_addresses;
-      };
+      settings =
+        settings
+        // {
+          listen_addresses = lib.mkForce settings.listen_addresses;
+        }
+        // lib.optionalAttrs (cfg.archiveCommand != null) {
+          # nixpkgs' services.pgbackrest sets its own for its stanza "default", without the
+          # repository's passphrase; ours runs through lemmy-cluster-pgbackrest.
+          archive_command = lib.mkForce settings.archive_command;
+        };
     };
 
     systemd.services = {

@@ -46,6 +46,31 @@ let
       };
     };
   };
+  setupArgs =
+    bucket: keyName:
+    lib.escapeShellArgs (
+      [
+        "--bucket"
+        bucket
+        "--key-name"
+        keyName
+      ]
+      ++ map (n: "${n.id}:${n.zone}:${n.capacity}") cfg.setup.nodes
+    );
+  setupAll = pkgs.writeShellScript "lemmy-cluster-garage-setup" (
+    ''
+      set -euo pipefail
+      creds=$CREDENTIALS_DIRECTORY
+      ${pkgs.bash}/bin/bash ${scripts}/garage-setup.sh ${setupArgs cfg.setup.bucket cfg.setup.keyName} \
+        --rpc-secret-file "$creds/rpc-secret" \
+        --access-key-file "$creds/s3-access-key" --secret-key-file "$creds/s3-secret-key"
+    ''
+    + lib.optionalString (cfg.setup.backup != null) ''
+      ${pkgs.bash}/bin/bash ${scripts}/garage-setup.sh ${setupArgs cfg.setup.backup.bucket cfg.setup.backup.keyName} \
+        --rpc-secret-file "$creds/rpc-secret" \
+        --access-key-file "$creds/backup-s3-access-key" --secret-key-file "$creds/backup-s3-secret-key"
+    ''
+  );
 in
 {
   options.services.lemmy-cluster.storage = {
@@ -154,6 +179,36 @@ in
         default = null;
         description = "File holding pict-rs's secret key (64 hex digits).";
       };
+      backup = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              bucket = mkOption {
+                type = types.str;
+                description = "Bucket of pgBackRest's repository (the backup role's).";
+              };
+              keyName = mkOption {
+                type = types.str;
+                default = "pgbackrest";
+                description = "Name of pgBackRest's key in Garage.";
+              };
+              accessKeyFile = mkOption {
+                type = types.str;
+                description = "File holding pgBackRest's access key id (GK and 24 hex digits).";
+              };
+              secretKeyFile = mkOption {
+                type = types.str;
+                description = "File holding pgBackRest's secret key (64 hex digits).";
+              };
+            };
+          }
+        );
+        default = null;
+        description = ''
+          A second bucket and key, for the database backups ([backup] repository = "s3"): only
+          pgBackRest's key can read them, and pict-rs's key cannot delete them.
+        '';
+      };
     };
   };
 
@@ -256,18 +311,14 @@ in
           "rpc-secret:${cfg.rpcSecretFile}"
           "s3-access-key:${cfg.setup.accessKeyFile}"
           "s3-secret-key:${cfg.setup.secretKeyFile}"
+        ]
+        ++ lib.optionals (cfg.setup.backup != null) [
+          "backup-s3-access-key:${cfg.setup.backup.accessKeyFile}"
+          "backup-s3-secret-key:${cfg.setup.backup.secretKeyFile}"
         ];
-        ExecStart = "${pkgs.bash}/bin/bash ${scripts}/garage-setup.sh ${
-          lib.escapeShellArgs (
-            [
-              "--bucket"
-              cfg.setup.bucket
-              "--key-name"
-              cfg.setup.keyName
-            ]
-            ++ map (n: "${n.id}:${n.zone}:${n.capacity}") cfg.setup.nodes
-          )
-        } --rpc-secret-file %d/rpc-secret --access-key-file %d/s3-access-key --secret-key-file %d/s3-secret-key";
+        # pict-rs's key and bucket, then (with the backups' bucket) pgBackRest's: the same script
+        # once more, after the first run (every step already done is skipped).
+        ExecStart = "${setupAll}";
       };
     };
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from synth.checks import CheckResult
 from synth.checks.backend import backend_checks
+from synth.checks.backup import backup_checks
 from synth.checks.frontend import frontend_checks
 from synth.checks.patroni import etcd_checks, patroni_checks
 from synth.checks.pictrs import pictrs_checks
@@ -73,6 +74,8 @@ def checks_for(
             results += check_postgres(
                 host, "replica", plan.private_address, primary_address=pg.primary_address, access=access
             )
+    if plan.postgres is not None and cluster.backup is not None:
+        results += backup_checks(host, access=access, rollout=rollout)
     if plan.etcd is not None:
         results += etcd_checks(
             host,

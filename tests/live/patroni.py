@@ -175,6 +175,8 @@ class PatroniLab:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)
         self.members: dict[str, Member] = {}
+        # Options other role modules set on a machine's postgres role (the backup role's archiveCommand).
+        self.extra_postgres_options: dict[str, dict[str, Any]] = {}
         # The secret files, readable by postgres as LoadCredential makes them for its units.
         self.secret_dir = workdir / "secrets"
         self.secret_dir.mkdir(mode=0o700, exist_ok=True)
@@ -334,7 +336,7 @@ class PatroniLab:
         what nixpkgs' services.patroni adds itself (paths: this lab's)."""
         m = self.member(machine)
         lc = options(self.cluster, machine)
-        pgo = lc["postgres"]
+        pgo = lc["postgres"] | self.extra_postgres_options.get(machine, {})
         base_conf = m.store / "postgresql.base.conf"
         base_conf.write_text("# lemmy-cluster: every setting comes from Patroni\n")
         base_conf.chmod(0o644)

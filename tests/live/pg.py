@@ -177,6 +177,8 @@ class PgServer:
     proc: subprocess.Popen[Any] | None = None
     settings: dict[str, str | int | bool] = field(default_factory=dict)
     opts: dict[str, Any] = field(default_factory=dict)
+    # Options another role module sets on the postgres role (the backup role's archiveCommand).
+    extra_opts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -209,7 +211,7 @@ class PgServer:
 
     def write_config(self, c: Cluster, **extra: str | int | bool) -> dict[str, Any]:
         """Render this machine's postgresql.conf and pg_hba.conf from cluster C; return the module options."""
-        opts = module_options(c, self.name)
+        opts = module_options(c, self.name) | self.extra_opts
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         hba = self.conf_dir / "pg_hba.conf"
         ident = self.conf_dir / "pg_ident.conf"

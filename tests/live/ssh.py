@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ class SshKeys:
         return cls(client, host, folder / "known_hosts")
 
 
-def start_sshd(host: Host, keys: SshKeys, folder: Path) -> subprocess.Popen[Any]:
-    """Start sshd on HOST's address, root login by key only; wait until it accepts connections."""
+def start_sshd(host: Host, keys: SshKeys, folder: Path, extra: Sequence[str] = ()) -> subprocess.Popen[Any]:
+    """Start sshd on HOST's address, root login by key only; wait until it accepts connections.
+    EXTRA: more sshd_config lines (e.g. SetEnv PATH=... for the sessions)."""
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,7 @@ def start_sshd(host: Host, keys: SshKeys, folder: Path) -> subprocess.Popen[Any]
                 "StrictModes no",
                 f"PidFile {folder}/sshd.{host.name}.pid",
                 "LogLevel ERROR",
+                *extra,
                 "",
             ]
         )

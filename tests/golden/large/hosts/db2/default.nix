@@ -81,6 +81,29 @@
           restApiPasswordFile = "/var/lib/lemmy-cluster/secrets/patroni-api-password";
         };
       };
+      backup = {
+        enable = true;
+        stanza = "lemmy";
+        repository = {
+          type = "s3";
+          endpoint = "https://s3.example.net";
+          bucket = "lemmy-backups";
+          region = "us-east-1";
+          uriStyle = "path";
+          path = "/";
+        };
+        retention = {
+          full = 4;
+          diff = 6;
+        };
+        schedule = {
+          full = "Sun *-*-* 01:00:00";
+          diff = "Mon..Sat *-*-* 01:00:00";
+        };
+        cipherPassFile = "/var/lib/lemmy-cluster/secrets/backup-cipher-pass";
+        s3AccessKeyFile = "/var/lib/lemmy-cluster/secrets/backup-s3-access-key";
+        s3SecretKeyFile = "/var/lib/lemmy-cluster/secrets/backup-s3-secret-key";
+      };
       etcd = {
         enable = true;
         name = "db2";

@@ -80,6 +80,28 @@
         allowedClients = [ "203.0.113.10" ];
         replicationPeers = [ ];
       };
+      backup = {
+        enable = true;
+        stanza = "lemmy";
+        repository = {
+          type = "posix";
+          path = "/var/lib/pgbackrest";
+        };
+        retention = {
+          full = 2;
+          diff = 6;
+        };
+        schedule = {
+          full = "Sun *-*-* 01:00:00";
+          diff = "Mon..Sat *-*-* 01:00:00";
+        };
+        cipherPassFile = "/var/lib/lemmy-cluster/secrets/backup-cipher-pass";
+        pictrsFiles = {
+          enable = true;
+          destination = "/var/lib/pgbackrest/pictrs-files";
+          keep = 7;
+        };
+      };
     };
   };
 }

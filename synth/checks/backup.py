@@ -1,0 +1,108 @@
+"""Checks of the backup role, through a testinfra Host: what `synth verify` reports about backups.
+
+On the machine that takes the writes (a standby does not archive; its check says so):
+- the WAL archive: the last archived segment and its age, and FAIL while archiving fails (the
+  last failure is newer than the last success);
+- the repository: the age of the newest backup that completed, FAIL when there is none or when
+  it is older than MAX_BACKUP_AGE (default two days: the differential backup runs daily).
+
+    results = backup_checks(host, access=PsqlAccess(), pgbackrest="lemmy-cluster-pgbackrest")
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any
+
+from synth.checks import CheckResult
+from synth.checks.postgres import DEFAULT_ACCESS, PsqlAccess, query
+
+DEFAULT_MAX_BACKUP_AGE = 2 * 24 * 3600
+# During a rollout the repository may not be usable yet: the storage machines that hold an "s3"
+# repository are deployed after the postgres machines, and the stanza comes with the first start.
+_LATER = " (in a rollout this does not fail: the repository may come later)"
+PGBACKREST = "lemmy-cluster-pgbackrest"
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
+
+
+def backup_checks(
+    host: Any,
+    *,
+    stanza: str = "lemmy",
+    access: PsqlAccess = DEFAULT_ACCESS,
+    pgbackrest: str = PGBACKREST,
+    max_backup_age: float = DEFAULT_MAX_BACKUP_AGE,
+    rollout: bool = False,
+    now: float | None = None,
+) -> list[CheckResult]:
+    from synth.backupsteps import last_backup_stop, parse_archiver
+
+    now = time.time() if now is None else now
+    ok, out = query(host, "SELECT pg_is_in_recovery()", access)
+    if not ok:
+        return [CheckResult("backup: archive", False, f"PostgreSQL does not answer: {out}")]
+    if out == "t":
+        return [CheckResult("backup: archive", True, "a standby: the machine that leads archives and backs up")]
+    results = []
+    q = (
+        "SELECT coalesce(last_archived_wal, ''), coalesce(extract(epoch FROM last_archived_time)::bigint, 0), "
+        "coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time)::bigint, 0), failed_count "
+        "FROM pg_stat_archiver"
+    )
+    ok, out = query(host, q, access)
+    st = parse_archiver(out) if ok else None
+    if st is None:
+        results.append(CheckResult("backup: archive", False, f"cannot read pg_stat_archiver: {out}"))
+    elif st.failed_at > st.last_at:
+        results.append(
+            CheckResult(
+                "backup: archive",
+                False,
+                f"archiving fails: {st.failed_wal} failed {_age(now - st.failed_at)} ago"
+                + (f", the last success ({st.last_wal}) was {_age(now - st.last_at)} ago" if st.last_wal else ""),
+            )
+        )
+    elif not st.last_wal:
+        results.append(CheckResult("backup: archive", rollout, "no WAL archived yet"))
+    else:
+        results.append(
+            CheckResult("backup: archive", True, f"last archived WAL {st.last_wal}, {_age(now - st.last_at)} ago")
+        )
+    r = host.run(f"{pgbackrest} --stanza={shlex.quote(stanza)} --output=json info")
+    try:
+        info = json.loads(r.stdout) if r.rc == 0 else None
+    except json.JSONDecodeError:
+        info = None
+    if info is None:
+        detail = (r.stderr or r.stdout or f"exit {r.rc}").strip()[:300]
+        results.append(
+            CheckResult(
+                "backup: last backup", rollout, f"cannot read the repository: {detail}" + (_LATER if rollout else "")
+            )
+        )
+        return results
+    status = info[0].get("status", {}) if info else {"code": 1, "message": "no stanza"}
+    stop = last_backup_stop(info)
+    if status.get("code") not in (0, 2):  # 2: "no valid backups"
+        detail = f"cannot read the repository: stanza {stanza}: {status.get('message', '?')}"
+        results.append(CheckResult("backup: last backup", rollout, detail + (_LATER if rollout else "")))
+    elif stop is None:
+        results.append(CheckResult("backup: last backup", rollout, "no backup in the repository yet"))
+    else:
+        age = now - stop
+        good = age <= max_backup_age
+        limit = f" (more than {_age(max_backup_age)}: do the backup timers run?)" if not good else ""
+        results.append(CheckResult("backup: last backup", good, f"the last good backup ended {_age(age)} ago{limit}"))
+    return results
