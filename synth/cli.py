@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from synth.commands.add_machine import add_machine
+from synth.commands.decommission import decommission
 from synth.commands.deploy import deploy
 from synth.commands.diagram import diagram
 from synth.commands.generate import generate
@@ -28,5 +29,17 @@ def main(debug: bool) -> None:
     """Compile a Lemmy cluster description (cluster.toml) into one NixOS module per machine."""
 
 
-for command in (validate, generate, add_machine, remove_machine, plan, diagram, secrets, verify, deploy, promote):
+for command in (
+    validate,
+    generate,
+    add_machine,
+    remove_machine,
+    plan,
+    diagram,
+    secrets,
+    verify,
+    deploy,
+    promote,
+    decommission,
+):
     main.add_command(command)
