@@ -27,7 +27,8 @@ class Machines:
     sync: str = "db2"
     patroni: set[str] = field(default_factory=lambda: {"db1", "db2", "db3"})
     etcd: set[str] = field(default_factory=lambda: {"db1", "db2", "db3"})
-    etcd_members: list[str] = field(default_factory=lambda: ["db1", "db2", "db3"])
+    # After the deploy: fe1, which takes db3's place, has joined.
+    etcd_members: list[str] = field(default_factory=lambda: ["db1", "db2", "db3", "fe1"])
     down: set[str] = field(default_factory=set)  # no ssh
     refuse_removal: str = ""
     ran: list[tuple[str, str]] = field(default_factory=list)
@@ -123,7 +124,7 @@ def test_a_leading_member_is_switched_over_then_stopped_then_removed_from_etcd(
     assert out.index("2. stop Patroni on db3") < out.index("3. take db3 out of the etcd cluster, on db1")
     assert out.index("3. take db3 out") < out.index("db1: etcd-remove-member: removed db3")
     assert "Left to do: switch db3 off" in out and "member_slots_ttl" in out
-    assert machines.etcd_members == ["db1", "db2"] and "db3" not in machines.patroni
+    assert machines.etcd_members == ["db1", "db2", "fe1"] and "db3" not in machines.patroni
 
 
 def test_in_synchronous_mode_the_switchover_goes_to_the_synchronous_standby(removed: Path, machines: Machines) -> None:
@@ -204,3 +205,24 @@ def test_an_unknown_address_is_refused(toml: Path, machines: Machines) -> None:
     assert machines.ran == []
     code, _out, err = run("decommission", "db3", "--cluster", str(toml), "--address", ADDR["db3"], "--dry-run")
     assert code == 0, err
+
+
+def test_before_the_deploy_only_patroni_steps_run_and_the_second_run_does_the_etcd_ones(
+    removed: Path, machines: Machines
+) -> None:
+    machines.leader, machines.sync = "db3", "db1"
+    machines.etcd_members = ["db1", "db2", "db3"]  # fe1 is not deployed yet: not a member
+    code, out, err = run("decommission", "db3", "--cluster", str(removed), "--yes")
+    assert code == 0, err
+    assert [c for _, c in changes(machines)] == ["lemmy-cluster-pg-switchover db1", "systemctl stop patroni"]
+    assert "fe1 is not an etcd member yet" in out and machines.etcd_members == ["db1", "db2", "db3"]
+    assert "run `synth decommission db3` again: it takes db3 out of etcd" in out
+    code, out, err = run("decommission", "db3", "--cluster", str(removed), "--yes")
+    assert code == 0, err
+    assert "Nothing to do now: db3 is out of Patroni." in out
+    machines.etcd_members.append("fe1")  # the deploy
+    machines.ran.clear()
+    code, out, err = run("decommission", "db3", "--cluster", str(removed), "--yes")
+    assert code == 0, err
+    assert changes(machines) == [("db1", "lemmy-cluster-etcd-remove-member db3"), ("db3", "systemctl stop etcd")]
+    assert "db3 is out of Patroni and etcd." in out

@@ -14,6 +14,13 @@ each printed before it runs:
    that stays is unhealthy: its refusal is passed on verbatim, exit 1);
 4. `systemctl stop etcd` on NAME.
 
+Steps 3 and 4 wait for the etcd members that take NAME's place: while one of them is not a member
+yet (it joins when it is deployed), the command stops after step 2 and says to deploy, then to run
+it again. So the order is: `synth remove-machine NAME`, `synth decommission NAME` (the leadership
+moves away before the backends' new connection strings leave NAME out), deploy the others,
+`synth decommission NAME` again (the etcd steps), switch NAME off. When nothing joins etcd, one
+run does it all.
+
 Before anything runs it refuses (exit 1, nothing done) when NAME is still in the cluster file, when
 NAME does not answer over SSH, or when no member that stays answers. Every step first looks at
 the state, so a second run finds nothing to do and says so. NAME's address comes from --address
@@ -76,6 +83,7 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what is already done
     etcd_on: str | None = None  # the member that stays where the etcd removal runs
+    waiting: list[str] = field(default_factory=list)  # etcd members to come: the etcd steps wait for them
 
 
 def refuse(file: str, message: str) -> Any:
@@ -190,6 +198,14 @@ def make_plan(c: Cluster, file: str, name: str, user: str, address: str, run: Ru
         seen.append(f"{m}: {first_line(r)}")
     if p.etcd_on is None or listed is None:
         raise refuse(file, "no etcd member that stays answers (" + "; ".join(seen) + ")")
+    waiting = [m for m in etcd_members(c) if m not in listed]
+    if name in listed and waiting:
+        p.waiting = waiting
+        p.notes.append(
+            f"{', '.join(waiting)} {'is' if len(waiting) == 1 else 'are'} not an etcd member yet (it joins when it "
+            f"is deployed): {name} stays in etcd for now, so that the cluster keeps its majority"
+        )
+        return p
     if name in listed:
         p.steps.append(
             Step(
@@ -315,6 +331,9 @@ def decommission(
     p = make_plan(c, file, name, ssh_user, address, run, cmds)
     for note in p.notes:
         click.echo(f"{name}: {note}")
+    if not p.steps and p.waiting:
+        click.echo(f"Nothing to do now: {name} is out of Patroni. {later(name, p.waiting)}")
+        return
     if not p.steps:
         click.echo(f"Nothing to do: {name} is out of Patroni and etcd already.")
         left(name)
@@ -355,8 +374,18 @@ def decommission(
                     f"Patroni still lists {name} {wait_s:g} s after it was stopped; the etcd removal was not done. "
                     f"Run `synth decommission {name}` again later",
                 )
+    if p.waiting:
+        click.echo(f"{name} is out of Patroni. {later(name, p.waiting)}")
+        return
     click.echo(f"{name} is out of Patroni and etcd.")
     left(name)
+
+
+def later(name: str, waiting: list[str]) -> str:
+    return (
+        f"Next: deploy the machines whose hosts/ changed ({', '.join(waiting)} joins etcd then), and run "
+        f"`synth decommission {name}` again: it takes {name} out of etcd."
+    )
 
 
 def left(name: str) -> None:
