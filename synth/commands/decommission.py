@@ -77,6 +77,11 @@ class Step:
     says: str  # what it does, printed first
 
 
+def on(c: Cluster, machine: str, command: str) -> str:
+    """COMMAND for MACHINE, a machine that stays: {self} is its name, {address} its address."""
+    return command.replace("{self}", shlex.quote(machine)).replace("{address}", c.machines[machine].address)
+
+
 @dataclass
 class Plan:
     name: str
@@ -170,7 +175,7 @@ def make_plan(c: Cluster, file: str, name: str, user: str, address: str, run: Ru
         p.steps.append(
             Step(
                 candidate,
-                cmds.switchover.replace("{candidate}", shlex.quote(candidate)),
+                on(c, candidate, cmds.switchover.replace("{candidate}", shlex.quote(candidate))),
                 f"{name} leads: switch the leadership over to {candidate} (a healthy replica that stays)",
             )
         )
@@ -210,7 +215,7 @@ def make_plan(c: Cluster, file: str, name: str, user: str, address: str, run: Ru
         p.steps.append(
             Step(
                 p.etcd_on,
-                cmds.remove_member.replace("{name}", shlex.quote(name)),
+                on(c, p.etcd_on, cmds.remove_member.replace("{name}", shlex.quote(name))),
                 f"take {name} out of the etcd cluster, on {p.etcd_on} (a member that stays)",
             )
         )
@@ -259,8 +264,18 @@ def wait_gone(c: Cluster, name: str, run: Run, cmds: Commands, timeout: float) -
 @click.option("--state-command", default=STATE, help="On NAME: prints 'patroni STATE' and 'etcd STATE' lines.")
 @click.option("--stop-patroni-command", default=STOP_PATRONI, show_default=True, help="On NAME: stops Patroni.")
 @click.option("--stop-etcd-command", default=STOP_ETCD, show_default=True, help="On NAME: stops etcd.")
-@click.option("--switchover-command", default=SWITCHOVER, show_default=True, help="On the candidate: the switchover.")
-@click.option("--remove-member-command", default=REMOVE_MEMBER, show_default=True, help="On an etcd member that stays.")
+@click.option(
+    "--switchover-command",
+    default=SWITCHOVER,
+    show_default=True,
+    help="On the candidate: the switchover ({candidate}; {self}, {address}: the machine it runs on).",
+)
+@click.option(
+    "--remove-member-command",
+    default=REMOVE_MEMBER,
+    show_default=True,
+    help="On an etcd member that stays ({name}: NAME; {self}, {address}: the machine it runs on).",
+)
 @click.option("--cluster-state-command", default=CLUSTER_STATE, show_default=True, help="Patroni's /cluster ({api}).")
 @click.option("--etcd-members-command", default=ETCD_MEMBERS, show_default=True, help="etcd member list ({endpoint}).")
 @ssh_options
