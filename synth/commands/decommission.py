@@ -78,8 +78,8 @@ class Step:
 
 
 def on(c: Cluster, machine: str, command: str) -> str:
-    """COMMAND for MACHINE, a machine that stays: {self} is its name, {address} its address."""
-    return command.replace("{self}", shlex.quote(machine)).replace("{address}", c.machines[machine].address)
+    """COMMAND for MACHINE, a machine that stays: {self} is its name, {address} its private address."""
+    return command.replace("{self}", shlex.quote(machine)).replace("{address}", c.private_address(machine))
 
 
 @dataclass
@@ -146,7 +146,7 @@ def make_plan(c: Cluster, file: str, name: str, user: str, address: str, run: Ru
     seen: list[str] = []
     for m in c.machines_with("postgres"):
         mm = c.machines[m]
-        api = f"http://{hostport(mm.address, PATRONI_API_PORT)}"
+        api = f"http://{hostport(c.private_address(m), PATRONI_API_PORT)}"
         r = run(mm.ssh_user, mm.address, cmds.cluster_state.replace("{api}", api))
         try:
             state = json.loads(r.stdout) if r.returncode == 0 else None
@@ -236,7 +236,7 @@ def wait_gone(c: Cluster, name: str, run: Run, cmds: Commands, timeout: float) -
     while True:
         for m in c.machines_with("postgres"):
             mm = c.machines[m]
-            api = f"http://{hostport(mm.address, PATRONI_API_PORT)}"
+            api = f"http://{hostport(c.private_address(m), PATRONI_API_PORT)}"
             r = run(mm.ssh_user, mm.address, cmds.cluster_state.replace("{api}", api))
             try:
                 state = json.loads(r.stdout)
