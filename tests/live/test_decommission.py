@@ -54,6 +54,7 @@ class Lab:
     lab: PatroniLab
     toml: Path
     keys: SshKeys
+    pids: dict[str, int]  # db1's Patroni and etcd, as the lab started them
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,9 @@ def live() -> Iterator[Lab]:
                 keys = SshKeys.create(workdir / "ssh")
                 for name in ("db1", "db2", "db3"):
                     start_sshd(lab.member(name).host, keys, workdir / "ssh")
-                yield Lab(lab, toml, keys)
+                db1 = lab.members["db1"]
+                assert db1.patroni is not None and db1.etcd is not None
+                yield Lab(lab, toml, keys, {"patroni": db1.patroni.pid, "etcd": db1.etcd.pid})
             finally:
                 lab.stop_all()
     finally:
@@ -100,13 +103,12 @@ def stop(pid: int) -> str:
 
 def decommission(live: Lab, *extra: str) -> subprocess.CompletedProcess[str]:
     lab = live.lab
-    db1 = lab.members["db1"]
-    assert db1.patroni is not None and db1.etcd is not None
+    patroni, etcd = live.pids["patroni"], live.pids["etcd"]
     pt = options(lab.cluster, "db2")["postgres"]["patroni"]
     commands = [
-        "--state-command", f'echo "patroni {alive(db1.patroni.pid)}"; echo "etcd {alive(db1.etcd.pid)}"',
-        "--stop-patroni-command", stop(db1.patroni.pid),
-        "--stop-etcd-command", stop(db1.etcd.pid),
+        "--state-command", f'echo "patroni {alive(patroni)}"; echo "etcd {alive(etcd)}"',
+        "--stop-patroni-command", stop(patroni),
+        "--stop-etcd-command", stop(etcd),
         "--switchover-command",
         f"bash {PG_SCRIPTS}/switchover.sh --api http://{{address}}:8008 --user {pt['restApiUser']} "
         f"--password-file {lab.secrets['patroni_api_password']} --candidate {{candidate}}",
