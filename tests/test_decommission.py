@@ -30,12 +30,18 @@ class Machines:
     # After the deploy: fe1, which takes db3's place, has joined.
     etcd_members: list[str] = field(default_factory=lambda: ["db1", "db2", "db3", "fe1"])
     down: set[str] = field(default_factory=set)  # no ssh
+    listed: set[str] = field(default_factory=set)  # stopped, still listed by Patroni (for LISTED_FOR reads)
+    listed_for: int = 0
     refuse_removal: str = ""
     ran: list[tuple[str, str]] = field(default_factory=list)
 
     def cluster(self) -> str:
         members = []
-        for n in sorted(self.patroni):
+        if self.listed_for > 0:
+            self.listed_for -= 1
+        else:
+            self.listed.clear()
+        for n in sorted(self.patroni | self.listed):
             role = "leader" if n == self.leader else "sync_standby" if n == self.sync else "replica"
             members.append({"name": n, "role": role, "state": "running" if role == "leader" else "streaming"})
         return json.dumps({"members": members})
@@ -226,3 +232,33 @@ def test_before_the_deploy_only_patroni_steps_run_and_the_second_run_does_the_et
     assert code == 0, err
     assert changes(machines) == [("db1", "lemmy-cluster-etcd-remove-member db3"), ("db3", "systemctl stop etcd")]
     assert "db3 is out of Patroni and etcd." in out
+
+
+def test_a_stopped_member_still_listed_is_waited_for_before_the_etcd_removal(removed: Path, machines: Machines) -> None:
+    machines.patroni.discard("db3")
+    machines.listed, machines.listed_for = {"db3"}, 3  # its entry expires a few reads later
+    code, out, err = run("decommission", "db3", "--cluster", str(removed), "--yes")
+    assert code == 0, err
+    assert "Patroni is stopped on db3 already; Patroni still lists it" in out
+    assert [c for _, c in changes(machines)] == ["lemmy-cluster-etcd-remove-member db3", "systemctl stop etcd"]
+    assert machines.listed_for == 0
+    machines.patroni.add("db3")
+
+
+def test_the_etcd_removal_waits_no_longer_than_asked(removed: Path, machines: Machines) -> None:
+    machines.patroni.discard("db3")
+    machines.listed, machines.listed_for = {"db3"}, 10**6
+    code, _, err = run("decommission", "db3", "--cluster", str(removed), "--yes", "--wait", "0")
+    assert code == 1
+    assert "Patroni still lists db3 0 s after it was stopped; the etcd removal was not done" in err
+    assert changes(machines) == []
+
+
+def test_without_yes_it_asks_and_no_does_nothing(removed: Path, machines: Machines) -> None:
+    from click.testing import CliRunner
+
+    from synth.cli import main
+
+    result = CliRunner().invoke(main, ["decommission", "db3", "--cluster", str(removed)], input="n\n")
+    assert result.exit_code == 1 and "Do them now?" in result.output
+    assert changes(machines) == []

@@ -75,6 +75,7 @@ class Step:
     machine: str  # where the command runs
     command: str
     says: str  # what it does, printed first
+    kind: str = ""  # "switchover", "stop-patroni", "remove-member", "stop-etcd"
 
 
 def on(c: Cluster, machine: str, command: str) -> str:
@@ -177,11 +178,17 @@ def make_plan(c: Cluster, file: str, name: str, user: str, address: str, run: Ru
                 candidate,
                 on(c, candidate, cmds.switchover.replace("{candidate}", shlex.quote(candidate))),
                 f"{name} leads: switch the leadership over to {candidate} (a healthy replica that stays)",
+                "switchover",
             )
         )
     if patroni_up:
         p.steps.append(
-            Step(name, cmds.stop_patroni, f"stop Patroni on {name} (it stops its PostgreSQL and leaves the cluster)")
+            Step(
+                name,
+                cmds.stop_patroni,
+                f"stop Patroni on {name} (it stops its PostgreSQL and leaves the cluster)",
+                "stop-patroni",
+            )
         )
     elif name in members:
         p.notes.append(f"Patroni is stopped on {name} already; Patroni still lists it until its entry expires")
@@ -217,12 +224,13 @@ def make_plan(c: Cluster, file: str, name: str, user: str, address: str, run: Ru
                 p.etcd_on,
                 on(c, p.etcd_on, cmds.remove_member.replace("{name}", shlex.quote(name))),
                 f"take {name} out of the etcd cluster, on {p.etcd_on} (a member that stays)",
+                "remove-member",
             )
         )
     else:
         p.notes.append(f"{name} is not a member of the etcd cluster (asked {p.etcd_on})")
     if etcd_up:
-        p.steps.append(Step(name, cmds.stop_etcd, f"stop etcd on {name}"))
+        p.steps.append(Step(name, cmds.stop_etcd, f"stop etcd on {name}", "stop-etcd"))
     else:
         p.notes.append(f"etcd is not running on {name}: nothing to stop")
     return p
@@ -362,7 +370,21 @@ def decommission(
         click.confirm("Do them now?", abort=True)
     machines = {n: (m.ssh_user, m.address) for n, m in c.machines.items()}
     machines[name] = (ssh_user, address)
+
+    def wait_patroni_drops() -> None:
+        if not wait_gone(c, name, run, cmds, wait_s):
+            from synth.errors import SynthError
+
+            raise SynthError.single(
+                file,
+                "decommission",
+                f"Patroni still lists {name} {wait_s:g} s after it was stopped; the etcd removal was not done. "
+                f"Run `synth decommission {name}` again later",
+            )
+
     for i, s in enumerate(p.steps, 1):
+        if s.kind == "remove-member":
+            wait_patroni_drops()  # at once when it is gone; remove-member refuses while it is listed
         click.echo(f"{i}. {s.says}: `{s.command}` on {s.machine}")
         user, addr = machines[s.machine]
         r = run(user, addr, s.command)
@@ -378,17 +400,9 @@ def decommission(
                 f"step {i} failed on {s.machine} (exit code {r.returncode}; see above); {done}, the next were not. "
                 f"Fix what it says, then run `synth decommission {name}` again",
             )
-        if s.command == cmds.stop_patroni and s.machine == name:
+        if s.kind == "stop-patroni":
             click.echo(f"   waiting for Patroni to drop {name} (its entry expires within 20 s)")
-            if not wait_gone(c, name, run, cmds, wait_s):
-                from synth.errors import SynthError
-
-                raise SynthError.single(
-                    file,
-                    "decommission",
-                    f"Patroni still lists {name} {wait_s:g} s after it was stopped; the etcd removal was not done. "
-                    f"Run `synth decommission {name}` again later",
-                )
+            wait_patroni_drops()
     if p.waiting:
         click.echo(f"{name} is out of Patroni. {later(name, p.waiting)}")
         return
