@@ -33,8 +33,13 @@ def remove_machine(name: str, cluster_file: Path, out_dir: Path | None) -> None:
             click.echo(f"[postgres] primary (the member the cluster was created from) is now {after.postgres.primary}.")
         click.echo(
             f"Next, before deploying: `synth decommission {name}` (it moves the leadership away if {name} leads and "
-            f"stops Patroni on {name}, printing each step first); after the deploy, `synth decommission {name}` "
-            "again takes it out of etcd. What it does, to do by hand instead:"
+            f"stops Patroni on {name}, printing each step first)"
+            + (
+                f"; after the deploy, `synth decommission {name}` again takes it out of etcd"
+                if name in etcd_members(before)
+                else ""
+            )
+            + ". What it does, to do by hand instead:"
         )
         click.echo(
             f"{name} runs under Patroni: if it leads, move the leadership first (`synth promote "
