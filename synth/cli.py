@@ -11,6 +11,7 @@ import click
 
 from synth.commands.add_machine import add_machine
 from synth.commands.backup import backup
+from synth.commands.decommission import decommission
 from synth.commands.deploy import deploy
 from synth.commands.diagram import diagram
 from synth.commands.generate import generate
@@ -42,6 +43,7 @@ COMMANDS = (
     verify,
     deploy,
     promote,
+    decommission,
     backup,
     restore,
 )

@@ -106,9 +106,10 @@ def database_steps(c: Cluster, old_files: Mapping[str, str]) -> list[str]:
         for name, h in old.items():
             if h.postgres == "patroni" and name not in pgs:
                 s.add(
-                    f"postgres: {name} leaves the Patroni cluster. Before switching it off: if it leads, "
-                    f"`synth promote` another member; then `systemctl stop patroni` on {name} (it leaves cleanly: "
-                    "it stops its PostgreSQL and its member entry expires within 20 s). Patroni keeps its "
+                    f"postgres: {name} leaves the Patroni cluster. Before deploying, `synth decommission {name}` "
+                    "does what follows, each step printed first (by hand instead: if it leads, "
+                    f"`synth promote` another member; then `systemctl stop patroni` on {name}): it leaves cleanly "
+                    "(it stops its PostgreSQL and its member entry expires within 20 s). Patroni keeps its "
                     "replication slot on the leader for 30 minutes "
                     "(member_slots_ttl, in case it comes back) and then drops it by itself; until then the leader "
                     "keeps at most 16GB of WAL for it."
@@ -124,9 +125,15 @@ def database_steps(c: Cluster, old_files: Mapping[str, str]) -> list[str]:
                 "joining member at a time, each once the previous one is healthy."
             )
         for m in leaving:
+            how = (
+                f"`synth decommission {m}` (again, if it ran before the deploy) does it over SSH and then stops "
+                f"{m}'s etcd; by hand: "
+                if m not in c.machines
+                else ""
+            )
             s.add(
                 f"etcd: {m} leaves. Once the joining members run (and, on a postgres machine, its Patroni is "
-                f"stopped), on a member that stays ({stays[0]}): `lemmy-cluster-etcd-remove-member {m}` (it says "
+                f"stopped), {how}on a member that stays ({stays[0]}): `lemmy-cluster-etcd-remove-member {m}` (it says "
                 "what it will do, refuses while a member that stays is unhealthy or Patroni still counts "
                 f"{m} as a member, and does nothing if "
                 f"{m} is no member); {m}'s etcd then stops by itself. Remove one member at a time: a majority "

@@ -68,6 +68,7 @@ def test_an_etcd_member_replaced(small: Path) -> None:
         left.startswith("etcd: fe1 leaves.")
         and "on a member that stays (db1): `lemmy-cluster-etcd-remove-member fe1`" in left
     )
+    assert "synth decommission" not in left, "fe1 stays in the cluster: decommission is for machines that leave"
 
 
 def test_no_steps_for_changes_that_do_not_touch_the_database(small: Path) -> None:
@@ -91,6 +92,17 @@ def test_removing_a_patroni_member_and_the_primary(tmp_path: Path) -> None:
     assert "if it leads, move the leadership first (`synth promote db2`)" in out
     # db1 was an etcd member; by synth's rule the next machine takes its place.
     assert "is an etcd member" in out and "`lemmy-cluster-etcd-remove-member db1` on db2" in out
+    # The command that does these steps comes first; the manual steps stay as the way by hand.
+    assert out.index("Next, before deploying: `synth decommission db1`") < out.index("if it leads, move the")
+    from synth.dbsteps import database_steps
+    from synth.model import load
+    from synth.render import render_files
+
+    old = render_files(load(EXAMPLES / "large.toml"), "cluster.toml")
+    said = database_steps(load(toml), {rel: text for rel, text in old.items() if rel.startswith("hosts/")})
+    pg, etcd = (s for s in said if s.startswith(("postgres: db1", "etcd: db1")))
+    assert "Before deploying, `synth decommission db1` does what follows" in pg
+    assert "`synth decommission db1` (again, if it ran before the deploy) does it over SSH" in etcd
 
 
 def test_down_to_one_postgres_machine_leaves_patroni(small: Path) -> None:

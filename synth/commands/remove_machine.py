@@ -32,9 +32,24 @@ def remove_machine(name: str, cluster_file: Path, out_dir: Path | None) -> None:
         if after.postgres.primary != before.postgres.primary:
             click.echo(f"[postgres] primary (the member the cluster was created from) is now {after.postgres.primary}.")
         click.echo(
+            f"Next, before deploying: `synth decommission {name}` (it moves the leadership away if {name} leads and "
+            f"stops Patroni on {name}, printing each step first)"
+            + (
+                f"; after the deploy, `synth decommission {name}` again takes it out of etcd"
+                if name in etcd_members(before)
+                else ""
+            )
+            + ". What it does, to do by hand instead:"
+        )
+        click.echo(
             f"{name} runs under Patroni: if it leads, move the leadership first (`synth promote "
             f"{after.machines_with('postgres')[0]}`); before switching it off, `systemctl stop patroni` on {name}. "
             "Patroni drops its replication slot on the leader by itself 30 minutes after it left."
+        )
+    if name in etcd_members(before) and automatic_failover(after) and name not in before.machines_with("postgres"):
+        click.echo(
+            f"Next: deploy the others, then `synth decommission {name}` takes it out of etcd (printing each step "
+            "first). What it does, to do by hand instead:"
         )
     if name in etcd_members(before) and automatic_failover(after):
         joined = [m for m in etcd_members(after) if m not in etcd_members(before)]
