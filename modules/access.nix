@@ -13,7 +13,6 @@
 {
   config,
   lib,
-  options,
   ...
 }:
 let
@@ -27,15 +26,18 @@ let
     keyFiles = [ ];
   };
   userCfg = config.users.users.${user} or noKeys;
-  loader = config.boot.loader;
-  # A VM profile (nixos-rebuild build-vm, NixOS tests: qemu-vm.nix) boots without a boot loader.
-  vmProfile = options ? virtualisation && options.virtualisation ? useBootLoader;
+  # Read with defaults: a loader whose module is not part of the evaluation counts as off (in
+  # NixOS every one is declared, off by default; an evaluation of parts of NixOS may lack them).
+  loader = config.boot.loader or { };
+  # A VM profile (nixos-rebuild build-vm, NixOS tests: qemu-vm.nix) boots without a boot loader;
+  # qemu-vm.nix is the module that declares virtualisation.useBootLoader.
+  vmProfile = (config.virtualisation or { }) ? useBootLoader;
   enabledIf = path: lib.attrByPath (path ++ [ "enable" ]) false loader;
   bootable =
     config.boot.isContainer
     || vmProfile
-    || loader.systemd-boot.enable
-    || (loader.grub.enable && loader.grub.mirroredBoots != [ ])
+    || enabledIf [ "systemd-boot" ]
+    || (enabledIf [ "grub" ] && lib.attrByPath [ "grub" "mirroredBoots" ] [ ] loader != [ ])
     || enabledIf [ "generic-extlinux-compatible" ]
     || enabledIf [ "limine" ];
 in
