@@ -169,6 +169,21 @@ def test_a_failed_check_changes_nothing(tmp_path: Path, fake: Path, monkeypatch:
     assert snapshot(tmp_path / "bin") == before
 
 
+def test_a_failed_later_step_says_what_is_done_and_what_is_left(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restore itself fails (step 6 of 12): the steps before it are done, so the report must
+    not end with the "nothing was written" of a refused input, and names the steps left to run."""
+    toml = cluster(tmp_path)
+    monkeypatch.setenv("FAKE_SSH_FAIL", "lemmy-cluster-restore --latest")
+    code, _, err = run("restore", "--latest", "--yes", "--cluster", str(toml))
+    assert code == 1, err
+    assert "step 6 failed on db1" in err and "steps 1-5 are done, none after" in err, err
+    assert "run steps 6-12 above by hand" in err, err
+    assert "nothing was written" not in err and "nothing was changed" not in err, err
+    assert calls(fake)[-1] == ("10.1.0.41", "lemmy-cluster-restore --latest"), "nothing after the failed step"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -10,6 +10,7 @@ beside the new one (<data>.before-restore-<UTC time>).
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -82,8 +83,16 @@ def restore(
         for line in (r.stdout + r.stderr).splitlines():
             click.echo(f"{s.machine}: {line}")
         if r.returncode != 0:
-            done = "nothing was changed" if i == 1 else f"steps 1-{i - 1} are done, none after"
-            raise SynthError.single(
-                file, "", f"step {i} failed on {s.machine} (exit code {r.returncode}; see above): {done}"
+            if i == 1:
+                raise SynthError.single(
+                    file, "", f"step 1 failed on {s.machine} (exit code {r.returncode}; see above): nothing was changed"
+                )
+            # Not a SynthError: its report ends with "nothing was written", which is no longer true.
+            click.echo(
+                f"synth: step {i} failed on {s.machine} (exit code {r.returncode}; see above): steps 1-{i - 1} "
+                "are done, none after. The old data directories are kept (<data>.before-restore-*); fix the "
+                f"cause, then run steps {i}-{len(steps)} above by hand in order.",
+                err=True,
             )
+            sys.exit(1)
     click.echo("Restored. The old data directories are kept beside the new ones (<data>.before-restore-*).")
