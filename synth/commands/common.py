@@ -182,8 +182,9 @@ def edit_cluster(
 
     An edit whose result is invalid writes nothing and reports the problems found in the result.
     BEFORE_WRITE runs once the result is known to be valid, before the cluster file is replaced
-    (add-machine writes a storage machine's node key there). The whole read-edit-write runs under
-    cluster_lock. When hosts/ cannot be written after the cluster file was, the message says so.
+    (add-machine writes a storage machine's node key there). The whole read-edit-write, and the
+    regeneration of hosts/ from its result, run under cluster_lock. When hosts/ cannot be written
+    after the cluster file was, the message says so.
     """
     from synth.errors import SynthError
     from synth.model import parse
@@ -200,17 +201,19 @@ def edit_cluster(
         if before_write is not None:
             before_write()
         write_cluster_file(cluster_file, new_text)
-    click.echo(f"updated {cluster_file}")
-    out = out_dir_for(cluster_file, out_dir)
-    try:
-        write_hosts(new, cluster_file, out)
-    except (OSError, SynthError) as exc:
-        click.echo(
-            f"synth: {cluster_file} WAS updated, but {out / 'hosts'} was not regenerated (nothing of it was "
-            f"changed): {exc}. Fix that, then run `synth generate {cluster_file}`; deploy refuses until then.",
-            err=True,
-        )
-        sys.exit(1)
+        click.echo(f"updated {cluster_file}")
+        # Still under the lock: an edit that finished later must not have its hosts/ overwritten by
+        # this one's (older) cluster.
+        out = out_dir_for(cluster_file, out_dir)
+        try:
+            write_hosts(new, cluster_file, out)
+        except (OSError, SynthError) as exc:
+            click.echo(
+                f"synth: {cluster_file} WAS updated, but {out / 'hosts'} was not regenerated (nothing of it was "
+                f"changed): {exc}. Fix that, then run `synth generate {cluster_file}`; deploy refuses until then.",
+                err=True,
+            )
+            sys.exit(1)
     return new
 
 

@@ -91,14 +91,23 @@ def plab() -> Iterator[Lab]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def wait_archived(p: Lab, machine: str, timeout: float = 60) -> str:
+def wait_archived(p: Lab, machine: str, timeout: float = 90) -> str:
+    """Switch to a new WAL segment and wait until the one just closed is archived; its name.
+    pg_switch_wal() switches only when the segment holds something, so the name it gives may be
+    of the segment still being written (seen in CI: it stayed open until archive_timeout, 60 s):
+    every 5 s a transaction with an xid (a commit record) and another switch close it."""
     closed = p.sql(machine, "SELECT pg_walfile_name(pg_switch_wal())")
     deadline = time.monotonic() + timeout
+    nudge = time.monotonic() + 5
     got = ""
     while time.monotonic() < deadline:
         got = p.sql(machine, f"SELECT coalesce(last_archived_wal >= '{closed}', false) FROM pg_stat_archiver")
         if got == "t":
             return closed
+        if time.monotonic() > nudge:
+            p.sql(machine, "SELECT txid_current()")
+            p.sql(machine, "SELECT pg_switch_wal()")
+            nudge = time.monotonic() + 5
         time.sleep(0.2)
     status = p.sql(machine, "SELECT * FROM pg_stat_archiver")
     logs = p.lab.members[machine].log_tail("patroni", 30)
