@@ -24,7 +24,12 @@ let
     ++ lib.optional (cfg.pictrs.enable or false) "pict-rs"
     ++ lib.optional (cfg.backend.enable or false) "lemmy"
     ++ lib.optional (cfg.frontend.enable or false) "lemmy-ui"
-    ++ lib.optional (cfg.storage.enable or false) "garage";
+    ++ lib.optional (cfg.storage.enable or false) "garage"
+    # pgBackRest's TLS server: on the backup machine, and on a postgres machine that uses it
+    ++ lib.optional (
+      (cfg.backupRepository.enable or false)
+      || ((cfg.backup.enable or false) && (cfg.backup.repository.host or null) != null)
+    ) "lemmy-cluster-pgbackrest-server";
   ruleType = types.submodule {
     options = {
       port = mkOption {

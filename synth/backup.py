@@ -7,7 +7,9 @@ and the leader takes the scheduled full and differential backups:
     [backup]
     repository = "s3"            # "s3": a bucket of its own on the cluster's storage machines (Garage)
                                  # "external-s3": a bucket at the [pictrs] endpoint
-                                 # "posix": a folder (path) on every postgres machine
+                                 # "posix": a folder (path) on the machine with role "backup"
+                                 #   (pgBackRest's repository host, over TLS), or on every
+                                 #   postgres machine (one machine, or shared_mount)
     full_retention = 2           # full backups kept (each with the WAL that follows it)
     diff_retention = 6           # differential backups kept
     full_schedule = "Sun *-*-* 01:00:00"          # systemd OnCalendar
@@ -117,13 +119,61 @@ def _bucket_ok(name: str) -> bool:
     return re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", name) is not None
 
 
+def repository_host(c: Cluster) -> str | None:
+    """The machine with role "backup" (pgBackRest's repository host), or None."""
+    hosts = c.machines_with("backup")
+    return hosts[0] if hosts else None
+
+
+def _check_hosts(c: Cluster) -> list[Problem]:
+    p: list[Problem] = []
+    hosts = c.machines_with("backup")
+    b = c.backup
+    for name in hosts:
+        where = f"machines.{name}.roles"
+        if b is None:
+            p.append(
+                Problem(
+                    where,
+                    'role "backup" keeps pgBackRest\'s repository, and the cluster has no [backup] section; '
+                    'add [backup] with repository = "posix", or remove the role',
+                )
+            )
+        elif b.repository != "posix":
+            p.append(
+                Problem(
+                    where,
+                    f'role "backup" keeps a posix repository (a folder on {name}), and [backup] repository is '
+                    f'{b.repository!r}; set repository = "posix", or remove the role',
+                )
+            )
+        if "postgres" in c.machines[name].roles:
+            p.append(
+                Problem(
+                    where,
+                    f"{name} has role 'postgres' too: losing it would lose a database machine and the backups "
+                    "at once; give role 'backup' to a machine without 'postgres'",
+                )
+            )
+    for name in hosts[1:]:
+        p.append(
+            Problem(
+                f"machines.{name}.roles",
+                f"one machine keeps the repository, and {hosts[0]!r} has role 'backup' already; remove it from "
+                f"{name} (or from {hosts[0]})",
+            )
+        )
+    return p
+
+
 def check(c: Cluster) -> list[Problem]:
+    p = _check_hosts(c)
     b = c.backup
     if b is None:
-        return []
-    p: list[Problem] = []
+        return p
     pgs = c.machines_with("postgres")
     storage = c.machines_with("storage")
+    host = repository_host(c)
     if b.repository == "posix":
         if b.bucket is not None:
             p.append(Problem("backup.bucket", 'only used with an S3 repository; remove it, or set repository = "s3"'))
@@ -132,13 +182,23 @@ def check(c: Cluster) -> list[Problem]:
             p.append(
                 Problem("backup.path", f"{path!r}: give an absolute folder outside /nix/store, e.g. {DEFAULT_PATH!r}")
             )
-        if len(pgs) > 1 and not b.shared_mount:
+        if host is not None and "shared_mount" in b.model_fields_set:
             p.append(
                 Problem(
                     "backup.shared_mount",
-                    f"a posix repository with {len(pgs)} postgres machines must be one shared filesystem "
-                    "(NFS, ...) mounted at path on every one of them, or a new leader would archive into a "
-                    'repository of its own; mount it and set shared_mount = true, or use repository = "s3"',
+                    f"the repository is on the backup machine {host!r} alone (the postgres machines reach it "
+                    "over TLS); remove shared_mount",
+                )
+            )
+        elif host is None and len(pgs) > 1 and not b.shared_mount:
+            p.append(
+                Problem(
+                    "backup.shared_mount",
+                    f"a posix repository with {len(pgs)} postgres machines must be on a machine of its own "
+                    "or one shared filesystem, or a new leader would archive into a repository of its own: "
+                    'give a machine role "backup" (the repository is then on it), or mount one filesystem '
+                    '(NFS, ...) at path on every postgres machine and set shared_mount = true, or use '
+                    'repository = "s3"',
                 )
             )
     else:

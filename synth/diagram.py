@@ -29,10 +29,11 @@ ROLE_TITLES = {
     "pictrs": "pict-rs",
     "postgres": "PostgreSQL",
     "storage": "storage (Garage)",
+    "backup": "backup (pgBackRest)",
 }
 
 # The role names in each machine's box (the group title says what storage runs).
-CHIP_TITLES = ROLE_TITLES | {"storage": "storage"}
+CHIP_TITLES = ROLE_TITLES | {"storage": "storage", "backup": "backup"}
 
 ROLE_COLOURS = {
     "frontend": "#dbeafe",
@@ -40,6 +41,7 @@ ROLE_COLOURS = {
     "pictrs": "#fef9c3",
     "postgres": "#fce7f3",
     "storage": "#ede9fe",
+    "backup": "#e5e7eb",
 }
 
 # Each kind of traffic has its colour (arrow and label alike).
@@ -53,6 +55,7 @@ EDGE_COLOURS = {
     "WAL streaming": "#be185d",
     "pict-rs repository": "#9d174d",
     "S3": "#6d28d9",
+    "WAL archive, backups": "#374151",
 }
 
 FONT = "Helvetica,Arial,sans-serif"
@@ -89,6 +92,9 @@ def edges(c: Cluster) -> list[Edge]:
     if c.pictrs.store == "object_storage":
         out += [Edge(p, primary, "pict-rs repository") for p in pictrs if p != primary]
         out += [Edge(p, s, "S3") for p in pictrs for s in c.machines_with("storage") if p != s]
+    if c.backup is not None:
+        # pgBackRest's repository host: every postgres machine archives to it (whichever leads).
+        out += [Edge(p, b, "WAL archive, backups") for b in c.machines_with("backup") for p in c.machines_with("postgres")]
     return out
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from synth.backup import BackupSection
 from synth.errors import Problem, SynthError, dotted
 
-Role = Literal["frontend", "backend", "pictrs", "postgres", "storage"]
+Role = Literal["frontend", "backend", "pictrs", "postgres", "storage", "backup"]
 ROLES: tuple[str, ...] = get_args(Role)
 TlsMode = Literal["acme", "none", "manual"]
 TLS_MODES: tuple[str, ...] = get_args(TlsMode)

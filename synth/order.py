@@ -8,6 +8,8 @@
    of a deploy accept that wait),
    then the storage machines (Garage), one at a time: with three copies of every object, reads and
    writes go on while one restarts,
+   then the backup machine (pgBackRest's repository host: it creates the stanza and its first
+   backup once a primary answers; until then the primary keeps its WAL in pg_wal),
 3. pict-rs (half of the machines at a time, when several share object storage),
 4. the backends (the first to start runs Lemmy's migrations against the primary), in batches of at
    most half of them, so that the API keeps answering,
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from synth.model import Cluster, etcd_members
 
-STAGES = ("postgres-primary", "postgres-replicas", "etcd", "storage", "pictrs", "backend", "frontends")
+STAGES = ("postgres-primary", "postgres-replicas", "etcd", "storage", "backup", "pictrs", "backend", "frontends")
 # Stages whose machines serve in parallel: deployed at most half of them at a time (by role).
 HALF_AT_A_TIME = {"pictrs": "pictrs", "backend": "backend", "frontends": "frontend"}
 
@@ -45,6 +47,8 @@ def stage_of(c: Cluster, name: str) -> str:
         return "etcd"
     if "storage" in roles:
         return "storage"
+    if "backup" in roles:
+        return "backup"
     if "pictrs" in roles:
         return "pictrs"
     if "backend" in roles:

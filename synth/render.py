@@ -24,6 +24,7 @@ from synth.topology import (
     PATRONI_REWIND_USER,
     PATRONI_SUPERUSER,
     PG_PROXY_PORT,
+    PGBACKREST_TLS_PORT,
     PICTRS_DB_NAME,
     PICTRS_DB_USER,
     POSTGRES_PORT,
@@ -66,6 +67,13 @@ def backup_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
     if b.repository != "posix":
         data["s3AccessKeyFile"] = h.secrets["backup_s3_access_key"]
         data["s3SecretKeyFile"] = h.secrets["backup_s3_secret_key"]
+    host = backup.repository_host(c)
+    if host is not None:
+        from synth import mesh
+
+        data["repository"]["host"] = {"name": host, "address": mesh.internal_address(c, host)}
+        data["tlsPort"] = PGBACKREST_TLS_PORT
+        data["tls"] = tls_files(h)
     if b.repository == "posix" and c.pictrs.store == "local" and "pictrs" in h.roles:
         # The local pict-rs of this machine: snapshots of its folder beside the repository.
         data["pictrsFiles"] = {
@@ -74,6 +82,43 @@ def backup_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
             "keep": b.diff_retention + 1,
         }
     return data
+
+
+def tls_files(h: HostPlan) -> dict[str, str]:
+    """services.lemmy-cluster.backup(Repository).tls: pgBackRest's TLS files (synth.backuptls)."""
+    return {
+        "caFile": h.secrets["backup_tls_ca"],
+        "certFile": h.secrets["backup_tls_cert"],
+        "keyFile": h.secrets["backup_tls_key"],
+    }
+
+
+def backup_repository_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
+    """services.lemmy-cluster.backupRepository of the backup machine (modules/backup/repository.nix)."""
+    from synth import backup
+
+    b = c.backup
+    assert b is not None and h.backup_repository is not None
+    return {
+        "enable": True,
+        "stanza": backup.STANZA,
+        "path": b.path or backup.DEFAULT_PATH,
+        "tlsPort": PGBACKREST_TLS_PORT,
+        "tls": tls_files(h),
+        "databases": [
+            # The postgres role's data directory (the modules' default, which it asserts).
+            {
+                "name": d.name,
+                "address": d.address,
+                "dataDir": f"/var/lib/postgresql/{c.postgres.version}",
+                "port": POSTGRES_PORT,
+            }
+            for d in h.backup_repository.databases
+        ],
+        "retention": {"full": b.full_retention, "diff": b.diff_retention},
+        "schedule": {"full": b.full_schedule, "diff": b.diff_schedule},
+        "cipherPassFile": h.secrets["backup_cipher_pass"],
+    }
 
 
 def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
@@ -284,6 +329,8 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                     "secretKeyFile": h.secrets["backup_s3_secret_key"],
                 }
         lc["storage"] = storage
+    if h.backup_repository:
+        lc["backupRepository"] = backup_repository_data(c, h)
     if h.mesh:
         lc["mesh"] = mesh_data(h.mesh)
     return {

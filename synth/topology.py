@@ -82,9 +82,17 @@ SECRET_FILES = {
     "backup_cipher_pass": "backup-cipher-pass",
     "backup_s3_access_key": "backup-s3-access-key",
     "backup_s3_secret_key": "backup-s3-secret-key",
+    # only with a machine of role "backup": pgBackRest's TLS (synth.backuptls), the backup CA's
+    # certificate and each machine's certificate and key
+    "backup_tls_ca": "backup-tls-ca",
+    "backup_tls_cert": "backup-tls-cert",
+    "backup_tls_key": "backup-tls-key",
 }
 # Secrets of which every machine has its own: secrets/<file>.<machine> here, <dir>/<file> there.
-PER_MACHINE_SECRETS = frozenset({"garage_node_key", "wireguard_key"})
+PER_MACHINE_SECRETS = frozenset({"garage_node_key", "wireguard_key", "backup_tls_cert", "backup_tls_key"})
+# pgBackRest's TLS servers (on the postgres machines and the backup machine).
+PGBACKREST_TLS_PORT = 8432
+BACKUP_TLS_SECRETS = ("backup_tls_ca", "backup_tls_cert", "backup_tls_key")
 
 
 def local_secret_name(key: str, machine: str) -> str:
@@ -205,6 +213,19 @@ class PgProxyPlan:
 
 
 @dataclass(frozen=True)
+class BackupDatabase:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class BackupRepositoryPlan:
+    """The machine with role "backup": pgBackRest's repository host."""
+
+    databases: list[BackupDatabase]  # every postgres machine, in file order
+
+
+@dataclass(frozen=True)
 class HostPlan:
     name: str
     system: str
@@ -222,6 +243,7 @@ class HostPlan:
     pg_proxy: PgProxyPlan | None = None
     public_ports: list[int] = field(default_factory=list)
     mesh: MeshPlan | None = None
+    backup_repository: BackupRepositoryPlan | None = None
 
 
 def plan(c: Cluster) -> dict[str, HostPlan]:
@@ -242,6 +264,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     # pgBackRest's repository in a bucket of its own on the storage machines ([backup] "s3").
     backup_s3 = c.backup is not None and c.backup.repository == "s3"
     backup_bucket = (c.backup.bucket or DEFAULT_BACKUP_BUCKET) if c.backup is not None and backup_s3 else None
+    # pgBackRest's repository host: the machine with role "backup" ([backup] repository = "posix").
+    backup_host = next(iter(c.machines_with("backup")), None) if c.backup is not None else None
     # pict-rs takes one database URL: under Patroni its local HAProxy, which follows the leader.
     pictrs_proxy = patroni and shared_pictrs
     storage = c.machines_with("storage")
@@ -274,6 +298,10 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 need += ["backup_cipher_pass"]
                 if c.backup.repository != "posix":
                     need += ["backup_s3_access_key", "backup_s3_secret_key"]
+                if backup_host is not None:
+                    need += list(BACKUP_TLS_SECRETS)
+        if "backup" in roles and backup_host == name:
+            need += ["backup_cipher_pass", *BACKUP_TLS_SECRETS]
         if "storage" in roles:
             need += ["garage_rpc_secret", "garage_node_key"]
         if "storage" in roles and name == setup_machine:
@@ -371,6 +399,12 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 talks_to.update(pictrs)
             if backup_s3:
                 talks_to.update(storage)
+            if backup_host is not None:
+                talks_to.add(backup_host)
+        br = None
+        if "backup" in roles and name == backup_host:
+            br = BackupRepositoryPlan(databases=[BackupDatabase(name=p, address=addr[p]) for p in pgs])
+            talks_to.update(pgs)
         st = None
         if "storage" in roles:
             others = [m for m in storage if m != name]
@@ -433,6 +467,7 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
             etcd=et,
             pg_proxy=proxy,
             public_ports=public,
+            backup_repository=br,
         )
     if mesh.enabled(c):
         peers_of = mesh.mesh_peers({n: list(h.peers) for n, h in hosts.items()})

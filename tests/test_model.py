@@ -140,7 +140,7 @@ def test_duplicate_ipv6_in_other_spelling() -> None:
 
 def test_empty_and_duplicate_roles() -> None:
     got = problems(BASE.replace('roles = ["frontend"]', "roles = []"))
-    roles = "frontend, backend, pictrs, postgres, storage"
+    roles = "frontend, backend, pictrs, postgres, storage, backup"
     assert f"c.toml: machines.fe1.roles: give at least one role: {roles}" in got, got
     msg = one(BASE.replace('roles = ["postgres"]', 'roles = ["postgres", "postgres"]'))
     assert "machines.db1.roles[1]: role 'postgres' is listed twice" in msg, msg

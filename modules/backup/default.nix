@@ -11,6 +11,10 @@
 #   from the units' credentials by ./scripts/pgbackrest.sh (`lemmy-cluster-pgbackrest`, also the
 #   admin's command: it runs pgbackrest as postgres).
 #
+# - With a backup machine (role "backup", ./repository.nix): the repository is there, reached over
+#   TLS (pgBackRest's server on both sides, certificates of the cluster's backup CA); the backup
+#   machine takes the scheduled backups, so this machine only archives, restores and answers it.
+#
 # Restores are `synth restore` (steps in the README): they stop PostgreSQL, keep the old data
 # directory aside and run `lemmy-cluster-pgbackrest restore`.
 {
@@ -31,6 +35,13 @@ let
     if patroni then config.services.patroni.postgresqlDataDir else config.services.postgresql.dataDir;
   socketDir = "/run/postgresql";
   s3 = cfg.repository.type == "s3";
+  # The repository on the backup machine (pgBackRest's repository host).
+  remote = cfg.repository.host != null;
+  tlsFiles = import ./tls-files.nix {
+    inherit lib pkgs;
+    inherit (cfg) tls;
+    owner = "postgres";
+  };
 
   wrapper = pkgs.writeShellScriptBin "lemmy-cluster-pgbackrest" ''
     exec ${pkgs.bash}/bin/bash ${scripts}/pgbackrest.sh ${
@@ -60,6 +71,9 @@ let
       inherit dataDir socketDir;
       inherit (pgCfg) port;
     };
+    tls = tlsFiles.paths // {
+      listenAddress = top.privateAddress;
+    };
   };
 
   credentials = [
@@ -74,7 +88,10 @@ let
   jobUnit = job: "pgbackrest-${cfg.stanza}-${job}";
 in
 {
-  imports = [ ./pictrs-files.nix ];
+  imports = [
+    ./pictrs-files.nix
+    ./repository.nix
+  ];
 
   options.services.lemmy-cluster.backup = {
     enable = lib.mkEnableOption "pgBackRest backups and WAL archiving of this machine's PostgreSQL (the postgres role)";
@@ -120,7 +137,31 @@ in
         default = "host";
         description = "s3: path for Garage and MinIO, host for most providers.";
       };
+      host = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              name = mkOption {
+                type = types.str;
+                description = "The backup machine's name (the common name of its certificate).";
+              };
+              address = mkOption {
+                type = types.str;
+                description = "The backup machine's private address (its pgBackRest server).";
+              };
+            };
+          }
+        );
+        default = null;
+        description = "posix: the backup machine that keeps the repository (pgBackRest's repository host, reached over TLS), or null: the folder is on this machine.";
+      };
     };
+    tlsPort = mkOption {
+      type = types.port;
+      default = 8432;
+      description = "The port of pgBackRest's TLS servers (on this machine and the backup machine).";
+    };
+    tls = import ./tls-options.nix { inherit lib; };
     retention = {
       full = mkOption {
         type = types.ints.between 1 100;
@@ -181,12 +222,24 @@ in
         message = "services.lemmy-cluster.backup: an s3 repository needs repository.endpoint, repository.bucket, s3AccessKeyFile and s3SecretKeyFile.";
       }
       {
-        assertion = lib.all (f: f == null || !(lib.hasPrefix "/nix/store" f)) [
-          cfg.cipherPassFile
-          cfg.s3AccessKeyFile
-          cfg.s3SecretKeyFile
-        ];
+        assertion = lib.all (f: f == null || !(lib.hasPrefix "/nix/store" f)) (
+          [
+            cfg.cipherPassFile
+            cfg.s3AccessKeyFile
+            cfg.s3SecretKeyFile
+          ]
+          ++ lib.attrValues cfg.tls
+        );
         message = "services.lemmy-cluster.backup: a secret file points into the Nix store, which is world-readable; keep secrets in root-owned files outside it.";
+      }
+      {
+        assertion = !remote || (cfg.repository.type == "posix" && lib.all (f: f != null) (lib.attrValues cfg.tls));
+        message = "services.lemmy-cluster.backup: a repository on a backup machine (repository.host) is a posix repository and needs tls.caFile, tls.certFile and tls.keyFile.";
+      }
+      {
+        # The backup machine is told where the data directory is (synth: the modules' default).
+        assertion = !remote || dataDir == "/var/lib/postgresql/${toString pgCfg.majorVersion}";
+        message = "services.lemmy-cluster.backup: the backup machine backs up /var/lib/postgresql/${toString pgCfg.majorVersion}, and this machine's data directory is ${dataDir}; keep the default dataDir.";
       }
       {
         assertion = lib.versionAtLeast pkgs.pgbackrest.version "2.58" || !s3 || !(lib.hasPrefix "http://" (toString cfg.repository.endpoint));
@@ -200,12 +253,17 @@ in
       enable = true;
       settings = evaluated.global;
       # One repository, named so that nixpkgs sets no repo-host (this machine writes it itself).
-      repos.lemmy = evaluated.repo // {
+      # One repository, named so that nixpkgs' default host (the name) is not used: this machine
+      # writes it itself, or it names the backup machine's address (evaluated.repo.host).
+      repos.lemmy = {
         host = null;
-      };
+      }
+      // evaluated.repo;
+      commands.server = evaluated.server;
       stanzas.${cfg.stanza} = {
         instances.localhost = evaluated.instance;
-        jobs = {
+        # With a backup machine, it takes the backups (a backup runs where the repository is).
+        jobs = lib.mkIf (!remote) {
           full = {
             schedule = cfg.schedule.full;
             type = "full";
@@ -273,7 +331,14 @@ in
     };
 
     # The posix repository (with several machines: the shared mount's folder), PostgreSQL's.
-    systemd.tmpfiles.rules = lib.optional (!s3) "d ${cfg.repository.path} 0750 postgres postgres - -";
+    systemd.tmpfiles.rules = lib.optional (!s3 && !remote) "d ${cfg.repository.path} 0750 postgres postgres - -";
+
+    # The backup machine's backups reach this machine's data directory through this server.
+    services.lemmy-cluster.firewall.allow = lib.optional remote {
+      port = cfg.tlsPort;
+      from = [ cfg.repository.host.address ];
+      description = "pgBackRest (the backup machine)";
+    };
 
     systemd.services =
       let
@@ -292,11 +357,28 @@ in
           };
         };
       in
-      {
+      lib.mkMerge [
+        {
+          # The credentials archive_command reads (PostgreSQL inherits its unit's environment).
+          ${lib.removeSuffix ".service" pgUnit}.serviceConfig.LoadCredential = credentials;
+        }
+        (lib.mkIf remote {
+          lemmy-cluster-backup-tls = tlsFiles.unit;
+          lemmy-cluster-pgbackrest-server = tlsFiles.server {
+            inherit command credentials;
+            user = "postgres";
+            description = "lemmy-cluster: pgBackRest's TLS server for the backup machine (backups of this machine's data directory)";
+            restartTriggers = [ config.environment.etc."pgbackrest/pgbackrest.conf".source ];
+          };
+          # archive_command reads the TLS files.
+          ${lib.removeSuffix ".service" pgUnit} = {
+            requires = [ "lemmy-cluster-backup-tls.service" ];
+            after = [ "lemmy-cluster-backup-tls.service" ];
+          };
+        })
+        (lib.mkIf (!remote) {
         ${jobUnit "full"} = job "full";
         ${jobUnit "diff"} = job "diff";
-        # The credentials archive_command reads (PostgreSQL inherits its unit's environment).
-        ${lib.removeSuffix ".service" pgUnit}.serviceConfig.LoadCredential = credentials;
         lemmy-cluster-backup-init = {
           description = "lemmy-cluster: pgBackRest stanza and first full backup (on the machine that leads)";
           wantedBy = [ "multi-user.target" ];
@@ -318,6 +400,7 @@ in
             RestartSec = "30s";
           };
         };
-      };
+        })
+      ];
   };
 }
