@@ -197,7 +197,7 @@ def check(c: Cluster) -> list[Problem]:
                     f"a posix repository with {len(pgs)} postgres machines must be on a machine of its own "
                     "or one shared filesystem, or a new leader would archive into a repository of its own: "
                     'give a machine role "backup" (the repository is then on it), or mount one filesystem '
-                    '(NFS, ...) at path on every postgres machine and set shared_mount = true, or use '
+                    "(NFS, ...) at path on every postgres machine and set shared_mount = true, or use "
                     'repository = "s3"',
                 )
             )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from synth.backup import STANZA
+from synth.backup import STANZA, repository_host
 from synth.model import Cluster, automatic_failover
 
 RESTORE = "lemmy-cluster-restore"
@@ -93,9 +93,10 @@ def restore_steps(c: Cluster, target: str | None) -> list[Step]:
     ]
     steps.append(Step(first, f"start {unit}: the restored database takes the writes", f"systemctl start {unit}"))
     steps += [Step(m, f"start {unit}: clones the restored database", f"systemctl start {unit}") for m in others]
+    # A backup runs where the repository is: on the backup machine when there is one.
     steps.append(
         Step(
-            first,
+            repository_host(c) or first,
             "a full backup of the restored database (its new timeline)",
             f"{PGBACKREST} --stanza={STANZA} backup --type=full",
         )

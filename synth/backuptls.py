@@ -48,7 +48,9 @@ def _now() -> datetime.datetime:
 
 
 def _key_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def new_ca(cluster_name: str) -> tuple[bytes, bytes]:
@@ -136,9 +138,7 @@ def check_ca(key_pem: bytes, cert_pem: bytes) -> None:
         raise TlsFileError("the CA's key and certificate do not belong together")
 
 
-def check_machine_cert(
-    ca_cert_pem: bytes, key_pem: bytes, cert_pem: bytes, machine: str, address: str
-) -> None:
+def check_machine_cert(ca_cert_pem: bytes, key_pem: bytes, cert_pem: bytes, machine: str, address: str) -> None:
     """TlsFileError unless CERT_PEM is MACHINE's certificate for ADDRESS, signed by the CA, valid,
     and KEY_PEM its key."""
     try:

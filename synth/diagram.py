@@ -94,7 +94,9 @@ def edges(c: Cluster) -> list[Edge]:
         out += [Edge(p, s, "S3") for p in pictrs for s in c.machines_with("storage") if p != s]
     if c.backup is not None:
         # pgBackRest's repository host: every postgres machine archives to it (whichever leads).
-        out += [Edge(p, b, "WAL archive, backups") for b in c.machines_with("backup") for p in c.machines_with("postgres")]
+        out += [
+            Edge(p, b, "WAL archive, backups") for b in c.machines_with("backup") for p in c.machines_with("postgres")
+        ]
     return out
 
 

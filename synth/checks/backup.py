@@ -5,6 +5,8 @@ On the machine that takes the writes (a standby does not archive; its check says
   last failure is newer than the last success);
 - the repository: the age of the newest backup that completed, FAIL when there is none or when
   it is older than MAX_BACKUP_AGE (default two days: the differential backup runs daily).
+On the backup machine (role "backup", repository_checks): its pgBackRest server runs, and the
+newest backup's age.
 
     results = backup_checks(host, access=PsqlAccess(), pgbackrest="lemmy-cluster-pgbackrest")
 """
@@ -47,7 +49,7 @@ def backup_checks(
     rollout: bool = False,
     now: float | None = None,
 ) -> list[CheckResult]:
-    from synth.backupsteps import last_backup_stop, parse_archiver
+    from synth.backupsteps import parse_archiver
 
     now = time.time() if now is None else now
     ok, out = query(host, "SELECT pg_is_in_recovery()", access)
@@ -80,6 +82,40 @@ def backup_checks(
         results.append(
             CheckResult("backup: archive", True, f"last archived WAL {st.last_wal}, {_age(now - st.last_at)} ago")
         )
+    results += _last_backup(host, stanza, pgbackrest, max_backup_age, rollout, now)
+    return results
+
+
+def repository_checks(
+    host: Any,
+    *,
+    stanza: str = "lemmy",
+    pgbackrest: str = PGBACKREST,
+    max_backup_age: float = DEFAULT_MAX_BACKUP_AGE,
+    rollout: bool = False,
+    now: float | None = None,
+) -> list[CheckResult]:
+    """The backup machine (role "backup"): its pgBackRest server runs, and the repository's newest
+    backup (which it takes) is recent."""
+    now = time.time() if now is None else now
+    r = host.run("systemctl is-active lemmy-cluster-pgbackrest-server.service")
+    state = (r.stdout or r.stderr).strip() or f"exit {r.rc}"
+    results = [
+        CheckResult(
+            "backup: repository server",
+            r.rc == 0,
+            "pgBackRest's TLS server runs" if r.rc == 0 else f"lemmy-cluster-pgbackrest-server is {state}",
+        )
+    ]
+    return results + _last_backup(host, stanza, pgbackrest, max_backup_age, rollout, now)
+
+
+def _last_backup(
+    host: Any, stanza: str, pgbackrest: str, max_backup_age: float, rollout: bool, now: float
+) -> list[CheckResult]:
+    from synth.backupsteps import last_backup_stop
+
+    results: list[CheckResult] = []
     r = host.run(f"{pgbackrest} --stanza={shlex.quote(stanza)} --output=json info")
     try:
         info = json.loads(r.stdout) if r.rc == 0 else None

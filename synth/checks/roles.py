@@ -17,7 +17,7 @@ from typing import Any
 
 from synth.checks import CheckResult
 from synth.checks.backend import backend_checks
-from synth.checks.backup import backup_checks
+from synth.checks.backup import backup_checks, repository_checks
 from synth.checks.frontend import frontend_checks
 from synth.checks.patroni import etcd_checks, patroni_checks
 from synth.checks.pictrs import pictrs_checks
@@ -76,6 +76,8 @@ def checks_for(
             )
     if plan.postgres is not None and cluster.backup is not None:
         results += backup_checks(host, access=access, rollout=rollout)
+    if plan.backup_repository is not None:
+        results += repository_checks(host, rollout=rollout)
     if plan.etcd is not None:
         results += etcd_checks(
             host,

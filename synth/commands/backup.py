@@ -3,7 +3,8 @@
 Over SSH, on the postgres machine that takes the writes (the first that answers
 `pg_is_in_recovery()` with f): `lemmy-cluster-pgbackrest --stanza=lemmy --output=json info` (the
 backup role's wrapper: pgbackrest with the repository's passphrase) and PostgreSQL's
-pg_stat_archiver; with --now first `lemmy-cluster-pgbackrest --stanza=lemmy backup --type=TYPE`.
+pg_stat_archiver; with --now first `lemmy-cluster-pgbackrest --stanza=lemmy backup --type=TYPE` (on the backup
+machine when the cluster has one: a backup runs where the repository is).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def backup(cluster_file: Path, now: bool, backup_type: str, ssh_option: tuple[st
     import time
 
     from synth import backupsteps as bs
-    from synth.backup import STANZA
+    from synth.backup import STANZA, repository_host
     from synth.errors import SynthError
     from synth.remote import ssh_argv
 
@@ -70,14 +71,16 @@ def backup(cluster_file: Path, now: bool, backup_type: str, ssh_option: tuple[st
         raise SynthError.single(
             file, "postgres", "no postgres machine takes the writes (" + "; ".join(seen) + "); nothing was done"
         )
+    # A backup runs where the repository is: the backup machine, which takes it from the primary.
+    taker = repository_host(c) or leader
     if now:
-        click.echo(f"{leader}: taking a {backup_type} backup")
-        r = remote(leader, f"{bs.PGBACKREST} --stanza={STANZA} backup --type={backup_type}")
+        click.echo(f"{taker}: taking a {backup_type} backup" + (f" of {leader}" if taker != leader else ""))
+        r = remote(taker, f"{bs.PGBACKREST} --stanza={STANZA} backup --type={backup_type}")
         for line in (r.stdout + r.stderr).splitlines():
-            click.echo(f"{leader}: {line}")
+            click.echo(f"{taker}: {line}")
         if r.returncode != 0:
             raise SynthError.single(
-                file, "backup", f"the backup on {leader} failed (exit code {r.returncode}; see above)"
+                file, "backup", f"the backup on {taker} failed (exit code {r.returncode}; see above)"
             )
     r = remote(leader, f"{bs.PGBACKREST} --stanza={STANZA} --output=json info")
     try:

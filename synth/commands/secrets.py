@@ -176,6 +176,63 @@ def _check_node_keys(c: Cluster, folder: Path, file: str) -> dict[str, str]:
     return ids
 
 
+def _backup_tls(c: Cluster, folder: Path, wanted: dict[str, tuple[str, str]]) -> tuple[set[str], list[str]]:
+    """Make the backup CA and the machines' certificates that WANTED names and that are missing
+    (synth.backuptls); check the ones kept. (file names created, problems)."""
+    from synth import backuptls as bt
+    from synth.topology import local_secret_name, plan
+
+    machines = sorted({m for key, m in wanted.values() if key == "backup_tls_cert"})
+    if not machines:
+        return set(), []
+    made: set[str] = set()
+    bad: list[str] = []
+    ca_key = folder / bt.CA_KEY_FILE
+    ca_cert = folder / local_secret_name("backup_tls_ca", "")
+    start_over = (
+        f"to start over, move every backup-tls-* file of {folder} away, run `synth secrets init` and push the "
+        "secrets to the postgres machines and the backup machine"
+    )
+    if ca_key.exists() and ca_cert.exists():
+        try:
+            bt.check_ca(ca_key.read_bytes(), ca_cert.read_bytes())
+        except bt.TlsFileError as exc:
+            return made, [f"{ca_key}, {ca_cert}: {exc}; restore both from your backup of secrets/, or {start_over}"]
+    elif ca_key.exists() or ca_cert.exists():
+        gone = ca_cert if ca_key.exists() else ca_key
+        return made, [f"{gone} is missing (the backup CA); restore it from your backup of secrets/, or {start_over}"]
+    else:
+        key_pem, cert_pem = bt.new_ca(c.cluster.name)
+        write_secret(ca_key, key_pem.decode())
+        write_secret(ca_cert, cert_pem.decode())
+        made.add(ca_cert.name)
+        click.echo(f"created: {ca_key} (the backup CA's key: it stays here, never pushed; keep a copy)")
+    ca_pem = ca_cert.read_bytes()
+    hosts = plan(c)
+    for m in machines:
+        key_path = folder / local_secret_name("backup_tls_key", m)
+        cert_path = folder / local_secret_name("backup_tls_cert", m)
+        address = hosts[m].private_address
+        renew = (
+            f"move {key_path.name} and {cert_path.name} away, run `synth secrets init` (a new pair) and "
+            f"`synth secrets push --host {m}`"
+        )
+        if key_path.exists() and cert_path.exists():
+            try:
+                bt.check_machine_cert(ca_pem, key_path.read_bytes(), cert_path.read_bytes(), m, address)
+            except bt.TlsFileError as exc:
+                bad.append(f"{cert_path} {exc}; {renew}")
+        elif key_path.exists() or cert_path.exists():
+            gone = cert_path if key_path.exists() else key_path
+            bad.append(f"{gone} is missing; {renew}")
+        else:
+            key_pem, cert_pem = bt.new_machine_cert(ca_key.read_bytes(), ca_pem, m, address)
+            write_secret(key_path, key_pem.decode())
+            write_secret(cert_path, cert_pem.decode())
+            made.update({key_path.name, cert_path.name})
+    return made, bad
+
+
 @secrets.command("init")
 @CLUSTER_ARG
 @user_errors
@@ -206,9 +263,15 @@ def init(cluster_file: Path) -> None:
     os.chmod(folder, 0o700)
     wanted = {local_secret_name(key, name): (key, name) for name, hp in plan(c).items() for key in hp.secrets}
     created = kept = missing = 0
-    bad: list[str] = []
+    tls_made, bad = _backup_tls(c, folder, wanted)
     for filename, (key, machine) in sorted(wanted.items()):
         path = folder / filename
+        if filename in tls_made:
+            click.echo(f"created: {path}")
+            created += 1
+            continue
+        if key in ("backup_tls_ca", "backup_tls_cert", "backup_tls_key") and not path.exists():
+            continue  # _backup_tls said why it could not make it
         if path.exists():
             why = _unusable(key, path.read_bytes())
             if why is not None:

@@ -48,13 +48,33 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def render_conf(evaluated: dict[str, Any], stanza: str, extra_global: dict[str, str]) -> str:
-    """pgbackrest.conf as nixpkgs' services.pgbackrest writes it (pkgs.formats.ini)."""
+def _lines(section: dict[str, Any]) -> list[str]:
+    """KEY=VALUE lines; a list is one line per value (listsAsDuplicateKeys)."""
+    out = []
+    for k, v in sorted(section.items()):
+        for one in v if isinstance(v, list) else [v]:
+            out.append(f"{k}={_value(one)}")
+    return out
+
+
+def render_conf(
+    evaluated: dict[str, Any],
+    stanza: str,
+    extra_global: dict[str, str],
+    instances: list[dict[str, Any]] | None = None,
+) -> str:
+    """pgbackrest.conf as nixpkgs' services.pgbackrest writes it (pkgs.formats.ini): [global] with
+    the repoN- options, [global:server] (its `commands.server`), the stanza with the pgN- options
+    (nixpkgs numbers the instances in the order of their names: INSTANCES, sorted by the caller)."""
     glob = {**evaluated["global"], **{f"repo1-{k}": v for k, v in evaluated["repo"].items() if v is not None}}
     glob |= extra_global
-    section = {f"pg1-{k}": v for k, v in evaluated["instance"].items() if v is not None}
-    lines = ["[global]", *(f"{k}={_value(v)}" for k, v in sorted(glob.items())), ""]
-    lines += [f"[{stanza}]", *(f"{k}={_value(v)}" for k, v in sorted(section.items())), ""]
+    section: dict[str, Any] = {}
+    for i, inst in enumerate(instances if instances is not None else [evaluated["instance"]], start=1):
+        section |= {f"pg{i}-{k}": v for k, v in inst.items() if v is not None}
+    lines = ["[global]", *_lines(glob), ""]
+    if evaluated.get("server"):
+        lines += ["[global:server]", *_lines(evaluated["server"]), ""]
+    lines += [f"[{stanza}]", *_lines(section), ""]
     return "\n".join(lines)
 
 
@@ -70,9 +90,13 @@ class Pgbackrest:
         data_dir: Path,
         socket_dir: Path,
         port: int = 5432,
+        tls: dict[str, str] | None = None,
     ) -> None:
         self.machine = machine
         self.options = backup_options(c, machine)
+        # With a backup machine: the TLS files (the test's copies, as lemmy-cluster-backup-tls
+        # makes them) and the address of this machine's pgBackRest server.
+        self.tls = tls
         self.stanza: str = self.options["stanza"]
         self.cipher_pass_file = cipher_pass_file
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,14 +122,14 @@ class Pgbackrest:
         ]
 
     def evaluate(self) -> dict[str, Any]:
-        result: dict[str, Any] = nixeval.evaluate(
-            nixeval.MODULES / "backup" / "pgbackrest-settings.nix",
-            {
-                "cfg": self.options,
-                "pg": {"dataDir": str(self.data_dir), "socketDir": str(self.socket_dir), "port": self.port},
-                "command": shlex.join(self.command()),
-            },
-        )
+        args: dict[str, Any] = {
+            "cfg": self.options,
+            "pg": {"dataDir": str(self.data_dir), "socketDir": str(self.socket_dir), "port": self.port},
+            "command": shlex.join(self.command()),
+        }
+        if self.tls is not None:
+            args["tls"] = self.tls
+        result: dict[str, Any] = nixeval.evaluate(nixeval.MODULES / "backup" / "pgbackrest-settings.nix", args)
         return result
 
     def write(self) -> None:
@@ -144,6 +168,22 @@ class Pgbackrest:
         data: list[dict[str, Any]] = json.loads(r.stdout)
         return data
 
+    def server(self, host: Any) -> subprocess.Popen[bytes]:
+        """`lemmy-cluster-pgbackrest server` in HOST's namespace, as lemmy-cluster-pgbackrest-server
+        runs it (on the backup machine and, with one, on a postgres machine); its output in
+        server.log beside the configuration."""
+        from tests.live.pg import as_pg
+
+        log = (self.conf.parent / "server.log").open("ab")
+        proc: subprocess.Popen[bytes] = host.popen(
+            as_pg([*self.command(), "server"]),
+            env={"PATH": SYS_PATH, "LANG": "C.UTF-8"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return proc
+
     def script(self, host: Any, name: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """modules/backup/scripts/NAME ARGS -- <the wrapper>, as postgres in HOST's namespace."""
         from tests.live.pg import as_pg
@@ -155,3 +195,63 @@ class Pgbackrest:
             env={"PATH": SYS_PATH, "LANG": "C.UTF-8"},
         )
         return r
+
+
+class RepositoryHost(Pgbackrest):
+    """pgBackRest on the backup machine (modules/backup/repository.nix): its configuration from
+    modules/backup/repository-settings.nix on synth's services.lemmy-cluster.backupRepository.
+
+    What differs from NixOS: the postgres machines' data and socket folders are the test's (the
+    module names /var/lib/postgresql/<major> and /run/postgresql), and it runs as postgres (NixOS:
+    pgBackRest's own user, which owns the repository)."""
+
+    def __init__(
+        self,
+        c: Cluster,
+        machine: str,
+        folder: Path,
+        cipher_pass_file: Path,
+        tls: dict[str, str],
+        databases: dict[str, tuple[Path, Path]],
+    ) -> None:
+        self.databases = databases  # machine -> (data dir, socket dir) of the test
+        opts: dict[str, Any] = host_data(c, plan(c)[machine])["services"]["lemmy-cluster"]["backupRepository"]
+        self.repository_options = opts
+        self.machine = machine
+        self.options = opts
+        self.stanza = opts["stanza"]
+        self.cipher_pass_file = cipher_pass_file
+        self.tls = tls
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "pgbackrest.conf"
+        self.lock = folder / "lock"
+        self.logs = folder / "log"
+        self.write()
+
+    def evaluate(self) -> dict[str, Any]:
+        cfg = dict(self.repository_options)
+        cfg["databases"] = [
+            d | {"dataDir": str(self.databases[d["name"]][0]), "socketDir": str(self.databases[d["name"]][1])}
+            for d in cfg["databases"]
+        ]
+        result: dict[str, Any] = nixeval.evaluate(
+            nixeval.MODULES / "backup" / "repository-settings.nix", {"cfg": cfg, "tls": self.tls}
+        )
+        return result
+
+    def write(self) -> None:
+        from tests.live.pg import chown_pg
+
+        evaluated = self.evaluate()
+        extra = {
+            "log-level-console": "info",
+            "log-level-file": "off",
+            "lock-path": str(self.lock),
+            "log-path": str(self.logs),
+        }
+        instances = [evaluated["instances"][n] for n in sorted(evaluated["instances"])]
+        self.conf.write_text(render_conf(evaluated, self.stanza, extra, instances))
+        self.conf.chmod(0o644)
+        for d in (self.lock, self.logs):
+            d.mkdir(exist_ok=True)
+            chown_pg(d)
