@@ -84,7 +84,8 @@ if [ -n "$target" ]; then
     # replay could not reach the target ("recovery ended before configured recovery target was
     # reached", after the data directory was swapped). The moment is the segment's time in the
     # repository (repo-ls lists an encrypted repository's names and times in clear; the file is
-    # <24-char WAL name>-<checksum>[.<compression>]).
+    # <24-char WAL name>-<checksum>[.<compression>]). That time is the repository's clock (the
+    # NFS server's, Garage's): a skew against this machine's moves the limit by as much.
     # Not caught here: a target between the last archived commit and that moment. PostgreSQL stops
     # a time-target replay at the first commit after the target; with none archived it reaches the
     # end of the archive first and fails the same way, at step 4 (the restored folder is in place,
@@ -96,9 +97,10 @@ if [ -n "$target" ]; then
         fail "the repository's WAL archive of stanza $stanza is empty or unreadable (archive '$archive_id', newest segment '$newest'): no replay can reach --time $target; try --latest"
     fi
     folder="archive/$stanza/$archive_id/${newest:0:16}"
-    if ! listing=$("$@" --stanza="$stanza" --output=json --log-level-console=error repo-ls "$folder" 2>&1); then
+    if ! listing=$("$@" --stanza="$stanza" --output=json --log-level-console=error --log-level-stderr=off repo-ls "$folder" 2>&1); then
         fail "cannot list $folder in the repository, to find when the newest archived WAL segment $newest was archived; pgbackrest: $(clean "$listing")"
     fi
+    # (No warning on stderr mixed into the JSON: --log-level-stderr=off; an error still shows.)
     listing=$(LC_ALL=C tr -cd '[:print:]\n' <<<"$listing")
     archived=$(jq -r --arg w "$newest-" \
         '[to_entries[] | select(.value.type == "file" and (.key | startswith($w))) | .value.time] | max // empty' \
