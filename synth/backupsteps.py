@@ -72,7 +72,7 @@ def restore_steps(c: Cluster, target: str | None) -> list[Step]:
     steps = [
         Step(
             first,
-            f"check: the repository answers, the passphrase decrypts it, a backup can reach {point}",
+            f"check: the repository answers, the passphrase decrypts it, a backup and the archive can reach {point}",
             f"{RESTORE} --check-only {when}",
             changes=False,
         )

@@ -2,9 +2,9 @@
 
 Prints every step first (synth.backupsteps.restore_steps), asks (or --yes), then runs them over
 SSH in order, stopping at the first that fails. The first step only checks (the repository
-answers, the passphrase decrypts it, a backup can reach the target): when it fails nothing has
-changed. No step deletes a data directory: the restored machine's and every replica's are kept
-beside the new one (<data>.before-restore-<UTC time>).
+answers, the passphrase decrypts it, a backup and the WAL archive can reach the target): when it
+fails nothing has changed. No step deletes a data directory: the restored machine's and every
+replica's are kept beside the new one (<data>.before-restore-<UTC time>).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 #                   -- PGBACKREST-COMMAND...
 #
 # PostgreSQL must be stopped. First every check that needs no change (the repository answers, the
-# passphrase decrypts it, a backup ended before the time asked for, PostgreSQL is not running);
+# passphrase decrypts it, a backup ended before the time asked for, the newest archived WAL segment
+# reached the repository after it, PostgreSQL is not running);
 # a failed check exits 1 and changes nothing. Then pgbackrest restores into DIR.restoring-<time>,
 # and only when that succeeded the folders are swapped: DIR becomes DIR.before-restore-<time>, the
 # restored one becomes DIR. Its restore_command is the same PGBACKREST-COMMAND (the wrapper that
@@ -76,6 +77,38 @@ if [ -n "$target" ]; then
     fi
     if [ "$when" -le "$first_stop" ]; then
         fail "--time $target is before the end of the first backup ($(date -u -d "@$first_stop" '+%Y-%m-%d %H:%M:%S+00')): no backup can reach it; choose a later time"
+    fi
+    # The end of the archive. The newest archived WAL segment (info's archive max, of the newest
+    # database: a major upgrade starts a new archive id) was complete when it reached the
+    # repository, so a commit after that moment is in a later segment, which is not archived: the
+    # replay could not reach the target ("recovery ended before configured recovery target was
+    # reached", after the data directory was swapped). The moment is the segment's time in the
+    # repository (repo-ls lists an encrypted repository's names and times in clear; the file is
+    # <24-char WAL name>-<checksum>[.<compression>]). That time is the repository's clock (the
+    # NFS server's, Garage's): a skew against this machine's moves the limit by as much.
+    # Not caught here: a target between the last archived commit and that moment. PostgreSQL stops
+    # a time-target replay at the first commit after the target; with none archived it reaches the
+    # end of the archive first and fails the same way, at step 4 (the restored folder is in place,
+    # the old one kept as DIR.before-restore-<time>; see the message of that step).
+    archive=$(jq -c '[.[0].archive[]? | select(.max != null)] | max_by(.database.id // 0) // empty' <<<"$info")
+    archive_id=$(jq -r '.id // empty' <<<"${archive:-null}")
+    newest=$(jq -r '.max // empty' <<<"${archive:-null}")
+    if ! [[ $newest =~ ^[0-9A-F]{24}$ ]] || ! [[ $archive_id =~ ^[0-9]+-[0-9]+$ ]]; then
+        fail "the repository's WAL archive of stanza $stanza is empty or unreadable (archive '$archive_id', newest segment '$newest'): no replay can reach --time $target; try --latest"
+    fi
+    folder="archive/$stanza/$archive_id/${newest:0:16}"
+    if ! listing=$("$@" --stanza="$stanza" --output=json --log-level-console=error --log-level-stderr=off repo-ls "$folder" 2>&1); then
+        fail "cannot list $folder in the repository, to find when the newest archived WAL segment $newest was archived; pgbackrest: $(clean "$listing")"
+    fi
+    # (No warning on stderr mixed into the JSON: --log-level-stderr=off; an error still shows.)
+    listing=$(LC_ALL=C tr -cd '[:print:]\n' <<<"$listing")
+    archived=$(jq -r --arg w "$newest-" \
+        '[to_entries[] | select(.value.type == "file" and (.key | startswith($w))) | .value.time] | max // empty' \
+        <<<"$listing" 2>/dev/null) || archived=""
+    [[ $archived =~ ^[0-9]+$ ]] \
+        || fail "the newest archived WAL segment $newest is not in $folder of the repository (or pgbackrest gave no time for it); pgbackrest: $(clean "$listing")"
+    if [ "$when" -gt "$archived" ]; then
+        fail "--time $target is after the end of the archive: its newest WAL segment ($newest) was archived at $(date -u -d "@$archived" '+%Y-%m-%d %H:%M:%S+00'), and no commit after that is in the repository; give a time before it, or --latest (restores to the end of the archive), or, if the primary still runs, wait until archiving has caught up (synth backup shows the last archived WAL)"
     fi
     type=(--type=time "--target=$target" --target-action=promote)
     echo "restore: to $target, from the latest backup that ended before it"
