@@ -17,22 +17,15 @@
       # Written by `synth generate` from cluster.toml; adding a machine needs no edit here.
       machines = if builtins.pathExists ./hosts/machines.nix then import ./hosts/machines.nix else { };
 
-      hostModules =
-        name: machine:
-        let
-          dir = ./hosts + "/${name}";
-          hardware = dir + "/hardware-configuration.nix";
-          # The machine's own module, the admin's (synth never writes or deletes it): boot
-          # loader, disks, users, anything else; see the README.
-          own = dir + "/configuration.nix";
-        in
-        [
-          self.nixosModules.default
-          dir
-          { nixpkgs.hostPlatform = lib.mkDefault machine.system; }
-          (if builtins.pathExists hardware then hardware else ./modules/no-hardware.nix)
-        ]
-        ++ lib.optional (builtins.pathExists own) own;
+      # The role modules, the machine's generated module and its platform. The generated module
+      # imports the machine's own files itself (hosts/<name>/hardware-configuration.nix, or
+      # modules/no-hardware.nix while it is missing, and hosts/<name>/configuration.nix), so that
+      # it is the same machine however it is evaluated; see synth/render.py's HOST_IMPORTS.
+      hostModules = name: machine: [
+        self.nixosModules.default
+        (./hosts + "/${name}")
+        { nixpkgs.hostPlatform = lib.mkDefault machine.system; }
+      ];
 
       # pyproject.toml's dependencies and the test dependencies the non-live tests import
       # (tests/test_flake_sandbox.py checks that they match).

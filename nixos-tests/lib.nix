@@ -3,6 +3,10 @@
 # - clusterNode: a test node built like a real machine: the role modules
 #   (self.nixosModules.default) plus the host module that synth generated from a test TOML into
 #   nixos-tests/<scenario>/hosts/<machine>/default.nix, plus the test secrets and tools (node.nix).
+#   The host module imports its folder's hardware-configuration.nix and configuration.nix, of which
+#   a scenario has none, and otherwise ../../modules/no-hardware.nix only where that exists: not
+#   under nixos-tests/<scenario>/, so a node imports nothing more and stays switchable (its file
+#   systems come from qemu-vm.nix); tests/test_nix_files.py checks that it imports nothing.
 # - testNode: a node with the role modules set by hand (no generated host module).
 # - clientNode: a machine outside the cluster that plays the user's browser.
 # - script: the test script the driver runs: lib.py, then the scenario's parameters (read from

@@ -5,8 +5,10 @@
 
 Evaluates, each with modules/default.nix (the role modules):
 - every generated host module: hosts/*, tests/golden/*/hosts/*, nixos-tests/*/hosts/*, as the
-  flake builds it (with its hardware-configuration.nix or modules/no-hardware.nix, and its
-  configuration.nix where there is one);
+  flake builds it: the module alone, which imports its hardware-configuration.nix (or
+  modules/no-hardware.nix) and its configuration.nix itself. The goldens and the VM tests' host
+  modules are not in a checkout's hosts/ (their ../../modules does not exist, so they import no
+  no-hardware.nix): they get modules/no-hardware.nix here, as they would in hosts/;
 - every node of the VM tests as the scenario builds it: its host module (or, for the one-node
   Garage of pictrs-shared, s3.nix with the settings the scenario gives it), nixos-tests/node.nix
   (test secrets and tools), and what the test framework sets (networking.hostName and
@@ -43,14 +45,16 @@ def host_modules() -> list[Path]:
 
 
 def as_the_flake_builds(host: Path) -> list[Path]:
-    """A machine's modules as flake.nix gives them: its host module, its hardware configuration
-    (modules/no-hardware.nix, the evaluation-only stand-in, where it has none) and the admin's
-    own configuration.nix where there is one."""
-    hardware = host.parent / "hardware-configuration.nix"
-    own = host.parent / "configuration.nix"
-    return [host, hardware if hardware.is_file() else ROOT / "modules" / "no-hardware.nix"] + (
-        [own] if own.is_file() else []
-    )
+    """A machine's modules as flake.nix gives them (besides the role modules): its host module,
+    which imports its hardware-configuration.nix, or modules/no-hardware.nix where it has none,
+    and its configuration.nix where there is one. A host module outside a checkout's hosts/ (a
+    golden, a VM test's) finds no ../../modules/no-hardware.nix and imports nothing in its place:
+    it gets it here, as it would in hosts/."""
+    if (host.parent / "hardware-configuration.nix").is_file() or (
+        host.parents[2] / "modules" / "no-hardware.nix"
+    ).is_file():
+        return [host]
+    return [host, ROOT / "modules" / "no-hardware.nix"]
 
 
 def framework_module(folder: Path, node: str, address: str, extra: str = "") -> Path:

@@ -86,7 +86,7 @@ def diff(out: Path, files: dict[str, str], source: str) -> Changes:
                     "",
                     f"{target} exists and was not written by synth (no '{HEADER_MARK}' header); "
                     "synth never overwrites your files: move it away (for hardware settings use "
-                    "hardware-configuration.nix beside it, which the flake imports)",
+                    "hardware-configuration.nix beside it, which the generated module imports)",
                 )
             )
         elif target.read_text(encoding="utf-8", errors="replace") != text:

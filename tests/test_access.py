@@ -13,7 +13,7 @@ import pytest
 
 from synth.errors import SynthError
 from synth.model import parse
-from synth.render import host_data
+from synth.render import HOST_IMPORTS, host_data
 from synth.topology import plan
 from tests.conftest import EXAMPLES, ROOT
 from tests.test_cli import run
@@ -130,10 +130,25 @@ def test_generate_never_touches_configuration_nix(tmp_path: Path) -> None:
     assert f"kept {tmp_path / 'hosts' / 'fe1'}: it still holds files synth did not write" in err
 
 
-def test_the_flake_imports_configuration_nix_when_present() -> None:
+def test_the_host_module_not_the_flake_imports_the_machines_own_files() -> None:
+    """flake.nix builds a machine from the role modules, its host module and its platform only:
+    the host module imports hardware-configuration.nix (or no-hardware.nix) and configuration.nix
+    itself (tests/test_nix_files.py evaluates those imports), so the flake imports neither twice."""
     flake = (ROOT / "flake.nix").read_text()
-    assert 'own = dir + "/configuration.nix";' in flake
-    assert "lib.optional (builtins.pathExists own) own" in flake
+    block = flake[flake.index("hostModules = name: machine: [") : flake.index("];", flake.index("hostModules ="))]
+    entries = [line.strip() for line in block.splitlines()[1:] if line.strip()]
+    assert entries == [
+        "self.nixosModules.default",
+        '(./hosts + "/${name}")',
+        "{ nixpkgs.hostPlatform = lib.mkDefault machine.system; }",
+    ]
+    assert "lib.nixosSystem { modules = hostModules name machine; }" in flake
+    code = "\n".join(line for line in flake.splitlines() if not line.strip().startswith("#"))
+    assert "no-hardware.nix" not in code and "configuration.nix" not in code
+    for imported in ("./hardware-configuration.nix", "../../modules/no-hardware.nix", "./configuration.nix"):
+        assert f"[ {imported} ]" in HOST_IMPORTS
+    expression = HOST_IMPORTS.split("imports =", 1)[1]
+    assert "lib." not in expression and "config." not in expression, "imports may not depend on lib or config"
     assert "./access.nix" in (ROOT / "modules" / "default.nix").read_text()
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from synth.model import load
-from synth.render import host_data, machines_data
+from synth.render import HOST_IMPORTS, host_data, host_module, machines_data
 from synth.topology import plan
 from tests.conftest import EXAMPLES, ROOT, require_tool
+from tests.test_cli import run
 
 
 def repo_nix_files() -> list[Path]:
@@ -41,11 +42,87 @@ def test_every_nix_file_parses(path: Path) -> None:
     assert out.returncode == 0, f"{path}: {out.stderr}"
 
 
-def nix_eval_file(path: Path) -> object:
+def nix_eval(expr: str) -> object:
     nix = require_tool("nix-instantiate")
-    out = subprocess.run([nix, "--eval", "--strict", "--json", str(path)], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, f"{path}: {out.stderr}"
+    out = subprocess.run([nix, "--eval", "--strict", "--json", "-E", expr], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, f"{expr}: {out.stderr}"
     return json.loads(out.stdout)
+
+
+def nix_eval_file(path: Path) -> object:
+    """The attributes of PATH other than a host module's `imports` (checked on their own below)."""
+    return nix_eval(f'builtins.removeAttrs (import {path}) [ "imports" ]')
+
+
+def nix_imports(path: Path) -> list[str]:
+    """The files the host module PATH imports, as absolute paths (toString: nothing is copied)."""
+    got = nix_eval(f"map toString (import {path}).imports")
+    assert isinstance(got, list)
+    return got
+
+
+def generated_host_modules() -> list[Path]:
+    patterns = ("hosts/*/default.nix", "tests/golden/*/hosts/*/default.nix", "nixos-tests/*/hosts/*/default.nix")
+    return sorted(p for pattern in patterns for p in ROOT.glob(pattern))
+
+
+def test_every_generated_host_module_starts_with_its_imports() -> None:
+    """The committed host modules (hosts/, the goldens, the VM tests') all carry HOST_IMPORTS
+    right after their header, before any setting: the machine's own files come with the module."""
+    modules = generated_host_modules()
+    assert len(modules) > 30
+    for path in modules:
+        text = path.read_text()
+        body = text[text.index("\n{\n") + 1 :]
+        assert body.startswith("{\n" + HOST_IMPORTS), path
+
+
+def test_host_module_imports_its_hardware_or_no_hardware_and_configuration(tmp_path: Path) -> None:
+    """hosts/<m>/default.nix in a checkout imports its hardware-configuration.nix, or
+    modules/no-hardware.nix while that is missing, and its configuration.nix when present; what
+    flake.nix no longer adds itself."""
+    checkout = tmp_path / "checkout"
+    (checkout / "modules").mkdir(parents=True)
+    no_hardware = checkout / "modules" / "no-hardware.nix"
+    no_hardware.write_text((ROOT / "modules" / "no-hardware.nix").read_text())
+    shutil.copy(EXAMPLES / "small.toml", checkout / "cluster.toml")
+    code, _, err = run("generate", str(checkout / "cluster.toml"))
+    assert code == 0, err
+    hosts = checkout / "hosts"
+    hardware = hosts / "db1" / "hardware-configuration.nix"
+    hardware.write_text("{ }\n")
+    own = hosts / "fe1" / "configuration.nix"
+    own.write_text('{ boot.loader.grub.devices = [ "/dev/sda" ]; }\n')
+    (hosts / "app1" / "hardware-configuration.nix").write_text("{ }\n")
+    (hosts / "app1" / "configuration.nix").write_text("{ }\n")
+    assert nix_imports(hosts / "db1" / "default.nix") == [str(hardware)]
+    assert nix_imports(hosts / "fe1" / "default.nix") == [str(no_hardware), str(own)]
+    assert nix_imports(hosts / "fe2" / "default.nix") == [str(no_hardware)]
+    assert nix_imports(hosts / "app1" / "default.nix") == [
+        str(hosts / "app1" / "hardware-configuration.nix"),
+        str(hosts / "app1" / "configuration.nix"),
+    ]
+    # Outside a checkout (no ../../modules beside hosts/), a missing hardware file imports
+    # nothing: whoever imports the module brings the hardware (qemu-vm.nix, /etc/nixos's own).
+    no_hardware.unlink()
+    assert nix_imports(hosts / "fe2" / "default.nix") == []
+    assert nix_imports(hosts / "fe1" / "default.nix") == [str(own)]
+
+
+def test_the_committed_hosts_import_no_hardware_and_the_vm_nodes_nothing() -> None:
+    """The repository's hosts/ (no hardware files yet) import modules/no-hardware.nix, so the
+    nixos-eval hook's `modules/default.nix hosts/<m>/default.nix` is the flake's machine. The VM
+    tests' host modules import nothing: a VM node must not become evaluation-only (it gets its
+    file systems from qemu-vm.nix, and must switch to its specialisations)."""
+    hosts = sorted(ROOT.glob("hosts/*/default.nix"))
+    assert hosts
+    for path in hosts:
+        assert not (path.parent / "hardware-configuration.nix").exists(), f"{path}: the test assumes none yet"
+        assert nix_imports(path) == [str(ROOT / "modules" / "no-hardware.nix")], path
+    vm_hosts = sorted(ROOT.glob("nixos-tests/*/hosts/*/default.nix"))
+    assert len(vm_hosts) > 20
+    for path in vm_hosts:
+        assert nix_imports(path) == [], path
 
 
 @pytest.mark.parametrize("example", ["single", "small", "large", "storage"])
@@ -74,3 +151,12 @@ def test_the_flake_exports_every_role_module() -> None:
     assert not missing, f"flake.nix nixosModules lacks {missing} (= ./modules/<role>)"
     imports = (ROOT / "modules" / "default.nix").read_text()
     assert all(f"./{r}\n" in imports for r in roles), "modules/default.nix imports every role module"
+
+
+def test_host_data_cannot_bring_its_own_imports() -> None:
+    """HOST_IMPORTS is the host module's only `imports`: data carrying one would make two."""
+    assert host_module({"a": 1}) == "{\n" + HOST_IMPORTS + "  a = 1;\n}\n"
+    with pytest.raises(ValueError, match="without 'imports'"):
+        host_module({"imports": [], "a": 1})
+    with pytest.raises(ValueError):
+        host_module({})

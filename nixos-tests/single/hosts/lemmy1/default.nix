@@ -2,6 +2,21 @@
 # Change the cluster file and run `synth generate`.
 # Machine 'lemmy1' of cluster 'single'; roles: frontend, backend, pictrs, postgres.
 {
+  # The machine's own files are imported here, not by flake.nix, so that this module is the whole
+  # machine however it is evaluated (the flake, nixos-eval, your own flake or /etc/nixos):
+  # hardware-configuration.nix, or while it is missing modules/no-hardware.nix (evaluation only,
+  # refuses to switch), and configuration.nix (boot loader, users) when present. A plain `if` on
+  # builtins.pathExists: `imports` must not depend on lib or config (infinite recursion).
+  imports =
+    (
+      if builtins.pathExists ./hardware-configuration.nix then
+        [ ./hardware-configuration.nix ]
+      else if builtins.pathExists ../../modules/no-hardware.nix then
+        [ ../../modules/no-hardware.nix ]
+      else
+        [ ]
+    )
+    ++ (if builtins.pathExists ./configuration.nix then [ ./configuration.nix ] else [ ]);
   networking = {
     hostName = "lemmy1";
   };
