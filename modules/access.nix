@@ -163,7 +163,7 @@ in
               services.lemmy-cluster: ${host} has no boot loader: the system would not boot again.
               Put the boot loader that nixos-generate-config wrote into the machine's
               /etc/nixos/configuration.nix into hosts/${host}/configuration.nix (synth never writes
-              that file; the flake imports it), for example
+              that file; hosts/${host}/default.nix imports it), for example
                 boot.loader.grub.devices = [ "/dev/sda" ];   # BIOS: the disk GRUB installs to
               or
                 boot.loader.systemd-boot.enable = true;      # UEFI

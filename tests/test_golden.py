@@ -48,6 +48,20 @@ def test_storage_example_matches_golden() -> None:
         assert text == golden[rel], f"{rel} differs from tests/golden/storage/{rel}"
 
 
+def test_backup_host_matches_golden() -> None:
+    """tests/golden/backup-host.toml: examples/small.toml plus a backup machine and [backup]."""
+    fixture = GOLDEN / "backup-host.toml"
+    text = fixture.read_text()
+    assert text.split("\n", 3)[3].startswith((EXAMPLES / "small.toml").read_text()), (
+        "tests/golden/backup-host.toml must start (after its 3 comment lines) with examples/small.toml"
+    )
+    files = render_files(load(fixture), "backup-host.toml")
+    golden = committed_outputs(GOLDEN / "backup-host")
+    assert sorted(files) == sorted(golden), "the set of generated files changed"
+    for rel, text in files.items():
+        assert text == golden[rel], f"{rel} differs from tests/golden/backup-host/{rel}"
+
+
 def test_generation_is_deterministic() -> None:
     toml = EXAMPLES / "large.toml"
     assert render_files(load(toml), toml.name) == render_files(load(toml), toml.name)
