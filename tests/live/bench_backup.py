@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.live import pg
-from tests.live.backup import PGBACKREST, Pgbackrest
+from tests.live.backup import PGBACKREST, Pgbackrest, RepositoryHost
 from tests.live.netns import Network
 from tests.live.pg import PgLab, PgServer, chown_pg
 
@@ -108,11 +108,83 @@ def rpo_under_pgbench(srv: PgServer, seconds: int = 30) -> dict[str, float]:
     }
 
 
-def bench_backup(results: dict[str, Any]) -> list[Row]:
+def _measure(
+    srv: PgServer, taker: Pgbackrest, taker_host: Any, br: Pgbackrest, cipher: Path
+) -> tuple[list[Row], dict[str, Any]]:
+    """The three figures on SRV: a full backup taken by TAKER (in TAKER_HOST's namespace), the RPO,
+    and a restore --latest on SRV through BR (the module's restore.sh)."""
+    rows: list[Row] = []
+    figures: dict[str, Any] = {"scale": SCALE}
+    _pgbench(srv, "-i", "-q", "-s", str(SCALE))
+    size = int(srv.sql("SELECT sum(pg_database_size(datname)) FROM pg_database"))
+    mb = size / 1e6
+    t0 = time.monotonic()
+    r = taker.run(taker_host, "--type=full", "backup", timeout=3600)
+    backup_s = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"backup: {r.stderr[-400:]}")
+    info = taker.info(taker_host)[0]["backup"][-1]["info"]
+    stored = int(info["repository"]["delta"]) / 1e6
+    figures["backup"] = {"seconds": backup_s, "database_mb": mb, "stored_mb": stored}
+    rows.append(
+        (
+            f"full backup, pgbench -s {SCALE} ({mb:.0f} MB)",
+            f"{backup_s:.1f} s, {mb / backup_s:.0f} MB/s (stored: {stored:.0f} MB, zst 3, encrypted)",
+            "",
+        )
+    )
+    rpo = rpo_under_pgbench(srv)
+    figures["archive_rpo"] = rpo
+    rows.append(
+        (
+            "archive RPO under pgbench (8 clients): commits not yet archived",
+            f"p50 {rpo['p50_s']:.2f} s, p99 {rpo['p99_s']:.2f} s, max {rpo['max_s']:.2f} s",
+            "p99 < 60 s (archive_timeout)",
+        )
+    )
+    srv.psql_run("SELECT pg_switch_wal()")
+    time.sleep(2)
+    srv.stop()
+    t0 = time.monotonic()
+    r = br.script(
+        srv.host,
+        "restore.sh",
+        [
+            "--data-dir",
+            str(srv.data),
+            "--stanza",
+            "lemmy",
+            "--latest",
+            "--finish-with",
+            str(pg.PG_BIN),
+            "--credential",
+            f"backup-cipher-pass={cipher}",
+        ],
+        timeout=3600,
+    )
+    restore_s = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"restore: {r.stderr[-400:]}")
+    figures["restore"] = {"seconds": restore_s, "database_mb": mb}
+    rows.append(
+        (
+            f"restore --latest (restore, replay, promote), {mb:.0f} MB",
+            f"{restore_s:.1f} s, {mb / restore_s:.0f} MB/s",
+            "",
+        )
+    )
+    return rows, figures
+
+
+def _require() -> None:
     if os.geteuid() != 0:
         raise RuntimeError("needs root (network namespaces)")
     if not PGBACKREST.exists() or not (pg.PG_BIN / "pgbench").exists():
         raise RuntimeError("needs pgbackrest and pgbench (scripts/install-system-deps.sh)")
+
+
+def bench_backup(results: dict[str, Any]) -> list[Row]:
+    _require()
     workdir = Path(tempfile.mkdtemp(prefix="lcbench-backup-", dir="/tmp"))
     workdir.chmod(0o755)
     repo = workdir / "repo"
@@ -123,8 +195,6 @@ def bench_backup(results: dict[str, Any]) -> list[Row]:
         pg.CLUSTER_TOML.read_text().replace("10.232.0.", SUBNET)
         + f'\n[backup]\nrepository = "posix"\npath = "{repo}"\nshared_mount = true\n'
     )
-    rows: list[Row] = []
-    figures: dict[str, Any] = {"scale": SCALE}
     try:
         with Network(f"{SUBNET}0/24", bridge="lcbr-k1", prefix="lck1-") as net:
             lab = PgLab(net, workdir / "lab", pg.load_cluster(toml))
@@ -137,64 +207,7 @@ def bench_backup(results: dict[str, Any]) -> list[Row]:
                 r = br.run(srv.host, "stanza-create")
                 if r.returncode != 0:
                     raise RuntimeError(f"stanza-create: {r.stderr}")
-                _pgbench(srv, "-i", "-q", "-s", str(SCALE))
-                size = int(srv.sql("SELECT sum(pg_database_size(datname)) FROM pg_database"))
-                mb = size / 1e6
-                t0 = time.monotonic()
-                r = br.run(srv.host, "--type=full", "backup", timeout=3600)
-                backup_s = time.monotonic() - t0
-                if r.returncode != 0:
-                    raise RuntimeError(f"backup: {r.stderr[-400:]}")
-                info = br.info(srv.host)[0]["backup"][-1]["info"]
-                stored = int(info["repository"]["delta"]) / 1e6
-                figures["backup"] = {"seconds": backup_s, "database_mb": mb, "stored_mb": stored}
-                rows.append(
-                    (
-                        f"full backup, pgbench -s {SCALE} ({mb:.0f} MB)",
-                        f"{backup_s:.1f} s, {mb / backup_s:.0f} MB/s (stored: {stored:.0f} MB, zst 3, encrypted)",
-                        "",
-                    )
-                )
-                rpo = rpo_under_pgbench(srv)
-                figures["archive_rpo"] = rpo
-                rows.append(
-                    (
-                        "archive RPO under pgbench (8 clients): commits not yet archived",
-                        f"p50 {rpo['p50_s']:.2f} s, p99 {rpo['p99_s']:.2f} s, max {rpo['max_s']:.2f} s",
-                        "p99 < 60 s (archive_timeout)",
-                    )
-                )
-                srv.psql_run("SELECT pg_switch_wal()")
-                time.sleep(2)
-                srv.stop()
-                t0 = time.monotonic()
-                r = br.script(
-                    srv.host,
-                    "restore.sh",
-                    [
-                        "--data-dir",
-                        str(srv.data),
-                        "--stanza",
-                        "lemmy",
-                        "--latest",
-                        "--finish-with",
-                        str(pg.PG_BIN),
-                        "--credential",
-                        f"backup-cipher-pass={cipher}",
-                    ],
-                    timeout=3600,
-                )
-                restore_s = time.monotonic() - t0
-                if r.returncode != 0:
-                    raise RuntimeError(f"restore: {r.stderr[-400:]}")
-                figures["restore"] = {"seconds": restore_s, "database_mb": mb}
-                rows.append(
-                    (
-                        f"restore --latest (restore, replay, promote), {mb:.0f} MB",
-                        f"{restore_s:.1f} s, {mb / restore_s:.0f} MB/s",
-                        "",
-                    )
-                )
+                rows, figures = _measure(srv, br, srv.host, br, cipher)
             finally:
                 lab.stop_all()
     finally:
@@ -203,4 +216,67 @@ def bench_backup(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
-SECTIONS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {"backup": bench_backup}
+def bench_backup_host(results: dict[str, Any]) -> list[Row]:
+    """The same figures with the repository on a backup machine (bk1), over pgBackRest's TLS: the
+    backup taken on bk1 from db1 through db1's server, archiving and the restore through bk1's
+    (tests/live/test_backup_host.py's set-up, on its subnet)."""
+    from tests.live import test_backup_host as th
+
+    _require()
+    workdir = Path(tempfile.mkdtemp(prefix="lcbench-backuphost-", dir="/tmp"))
+    workdir.chmod(0o755)
+    repo = workdir / "repo"
+    repo.mkdir(mode=0o750)
+    chown_pg(repo)
+    toml = workdir / "cluster.toml"
+    toml.write_text(th.cluster_text(repo))
+    made = th.synth(toml, "secrets", "init")
+    if made.returncode != 0:
+        raise RuntimeError(f"secrets init: {made.stderr}")
+    secrets_dir = workdir / "secrets"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with Network(f"{th.SUBNET}0/24", bridge="lcbr-k3", prefix="lck3-") as net:
+            lab = PgLab(net, workdir / "lab", pg.load_cluster(toml))
+            try:
+                cipher = workdir / "cipher-pass"
+                shutil.copyfile(secrets_dir / "backup-cipher-pass", cipher)
+                cipher.chmod(0o600)
+                chown_pg(cipher)
+                srv = lab.server("db1")
+                tls = th.tls_copy(secrets_dir, "db1", srv.base / "tls") | {"listenAddress": srv.address}
+                br = Pgbackrest(lab.cluster, "db1", srv.base / "pgbackrest", cipher, srv.data, srv.run_dir, tls=tls)
+                srv.extra_opts = {"archiveCommand": br.archive_command}
+                bk_host = lab.host("bk1")
+                bk_dir = workdir / "bk1"
+                bk_dir.mkdir(mode=0o755)
+                bk_tls = th.tls_copy(secrets_dir, "bk1", bk_dir / "tls") | {"listenAddress": th.BK1}
+                db2 = lab.server("db2")  # named in bk1's configuration; never started (a standby down)
+                bk = RepositoryHost(
+                    lab.cluster,
+                    "bk1",
+                    bk_dir / "pgbackrest",
+                    cipher,
+                    bk_tls,
+                    {"db1": (srv.data, srv.run_dir), "db2": (db2.data, db2.run_dir)},
+                )
+                procs += [bk.server(bk_host), br.server(srv.host)]
+                lab.init_primary(srv)
+                r = bk.run(bk_host, "stanza-create")
+                if r.returncode != 0:
+                    raise RuntimeError(f"stanza-create: {r.stderr}")
+                rows, figures = _measure(srv, bk, bk_host, br, cipher)
+            finally:
+                for p in procs:
+                    p.terminate()
+                lab.stop_all()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["backup_host"] = figures
+    return [(f"[backup machine, TLS] {a}", b, c) for a, b, c in rows]
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "backup": bench_backup,
+    "backup-host": bench_backup_host,
+}
