@@ -12,7 +12,8 @@ What differs from NixOS: the configuration file is per machine in the test's fol
 test's (pgbackrest's defaults under /tmp and /var/log are shared by the whole test machine), and
 the repository is a posix folder of the test machine (Debian's 2.45 speaks S3 only over TLS:
 "There is no version of pgBackRest that supports bare HTTP" before 2.58, pgbackrest#2612), which
-stands for the shared mount a posix repository with several machines needs.
+stands for the shared mount a posix repository with several machines needs; or an S3 bucket over
+TLS (tests/live/test_backup_s3.py: the key's files go to the wrapper as the module gives them).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ pgBackRest is the engine under test. The S3 server stands in for the provider: m
 test has made the user, its key and the bucket), behind Debian's nginx terminating TLS on
 10.239.0.40:443 with a certificate for s3.backup-test.example from a CA this test makes (the name
 resolves there through the postgres machine's /etc/hosts: `ip netns exec` mounts
-/etc/netns/<ns>/hosts). moto's own TLS (werkzeug's) ends its responses without a TLS close, which
-pgBackRest 2.45 takes for an error ("unexpected eof while reading") and retries; nginx does not.
+/etc/netns/<ns>/hosts). Not moto's own TLS (moto_server --ssl-cert, werkzeug's): there pgBackRest
+2.45 got "TLS error [1:167772454] unexpected eof while reading" on a PUT that moto had answered 200
+(apparently a connection closed without TLS's close_notify), retried and failed after 36 s; through
+nginx the same requests pass.
 Neither Garage (the "s3" repository on the cluster's storage machines, plain http, which needs
 pgBackRest 2.58) nor a real provider is installable here.
 
