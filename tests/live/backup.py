@@ -12,7 +12,8 @@ What differs from NixOS: the configuration file is per machine in the test's fol
 test's (pgbackrest's defaults under /tmp and /var/log are shared by the whole test machine), and
 the repository is a posix folder of the test machine (Debian's 2.45 speaks S3 only over TLS:
 "There is no version of pgBackRest that supports bare HTTP" before 2.58, pgbackrest#2612), which
-stands for the shared mount a posix repository with several machines needs.
+stands for the shared mount a posix repository with several machines needs; or an S3 bucket over
+TLS (tests/live/test_backup_s3.py: the key's files go to the wrapper as the module gives them).
 """
 
 from __future__ import annotations
@@ -91,9 +92,18 @@ class Pgbackrest:
         socket_dir: Path,
         port: int = 5432,
         tls: dict[str, str] | None = None,
+        s3_key_files: tuple[Path, Path] | None = None,
+        extra_global: dict[str, str] | None = None,
     ) -> None:
         self.machine = machine
         self.options = backup_options(c, machine)
+        # An S3 repository: the test's files of the access key id and the secret key (the module's
+        # s3AccessKeyFile, s3SecretKeyFile), which the wrapper reads; EXTRA_GLOBAL: test-only
+        # settings added to [global] (say why where they are given).
+        self.s3_key_files = s3_key_files
+        if self.options.get("s3AccessKeyFile") is not None and s3_key_files is None:
+            raise ValueError(f"{machine} has an S3 repository: give the test's s3_key_files")
+        self.extra_global = extra_global or {}
         # With a backup machine: the TLS files (the test's copies, as lemmy-cluster-backup-tls
         # makes them) and the address of this machine's pgBackRest server.
         self.tls = tls
@@ -108,8 +118,14 @@ class Pgbackrest:
         self.port = port
         self.write()
 
-    def command(self, cipher_pass_file: Path | None = None) -> list[str]:
-        """The module's `lemmy-cluster-pgbackrest` (without --run-as: the caller is postgres)."""
+    def command(self, cipher_pass_file: Path | None = None, s3_secret_file: Path | None = None) -> list[str]:
+        """The module's `lemmy-cluster-pgbackrest` (without --run-as: the caller is postgres); with
+        an S3 repository, the key's files as the module's wrapper gives them (S3_SECRET_FILE: another
+        secret key's file instead of the test's own)."""
+        s3: list[str] = []
+        if self.options.get("s3AccessKeyFile") is not None and self.s3_key_files is not None:
+            key, secret = self.s3_key_files
+            s3 = ["--s3-key-file", str(key), "--s3-key-secret-file", str(s3_secret_file or secret)]
         return [
             "bash",
             str(SCRIPTS / "pgbackrest.sh"),
@@ -117,6 +133,7 @@ class Pgbackrest:
             str(PGBACKREST),
             "--cipher-pass-file",
             str(cipher_pass_file or self.cipher_pass_file),
+            *s3,
             "--",
             f"--config={self.conf}",
         ]
@@ -143,6 +160,7 @@ class Pgbackrest:
             "log-level-file": "off",
             "lock-path": str(self.lock),
             "log-path": str(self.logs),
+            **self.extra_global,
         }
         self.conf.write_text(render_conf(evaluated, self.stanza, extra))
         self.conf.chmod(0o644)
