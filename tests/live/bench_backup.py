@@ -251,7 +251,18 @@ def bench_backup_host(results: dict[str, Any]) -> list[Row]:
                 bk_dir = workdir / "bk1"
                 bk_dir.mkdir(mode=0o755)
                 bk_tls = th.tls_copy(secrets_dir, "bk1", bk_dir / "tls") | {"listenAddress": th.BK1}
-                db2 = lab.server("db2")  # named in bk1's configuration; never started (a standby down)
+                # db2 is named in bk1's configuration: its pgBackRest server runs, its PostgreSQL
+                # not (a standby stopped); later the server goes too (the machine unreachable).
+                db2 = lab.server("db2")
+                br2 = Pgbackrest(
+                    lab.cluster,
+                    "db2",
+                    db2.base / "pgbackrest",
+                    cipher,
+                    db2.data,
+                    db2.run_dir,
+                    tls=th.tls_copy(secrets_dir, "db2", db2.base / "tls") | {"listenAddress": db2.address},
+                )
                 bk = RepositoryHost(
                     lab.cluster,
                     "bk1",
@@ -260,12 +271,35 @@ def bench_backup_host(results: dict[str, Any]) -> list[Row]:
                     bk_tls,
                     {"db1": (srv.data, srv.run_dir), "db2": (db2.data, db2.run_dir)},
                 )
-                procs += [bk.server(bk_host), br.server(srv.host)]
+                db2_server = br2.server(db2.host)
+                procs += [bk.server(bk_host), br.server(srv.host), db2_server]
                 lab.init_primary(srv)
                 r = bk.run(bk_host, "stanza-create")
                 if r.returncode != 0:
                     raise RuntimeError(f"stanza-create: {r.stderr}")
                 rows, figures = _measure(srv, bk, bk_host, br, cipher)
+                # What an unreachable postgres machine costs each backup: pgBackRest tries every
+                # pgN host; a refused TLS connection is retried until io-timeout (60 s).
+                srv.start()
+                srv.wait_for("SELECT pg_is_in_recovery()", "f", timeout=60)
+                times = {}
+                for state in ("answering", "unreachable"):
+                    if state == "unreachable":
+                        db2_server.terminate()
+                        db2_server.wait(timeout=20)
+                    t0 = time.monotonic()
+                    r = bk.run(bk_host, "--type=incr", "backup", timeout=900)
+                    times[state] = time.monotonic() - t0
+                    if r.returncode != 0:
+                        raise RuntimeError(f"incr backup ({state}): {r.stderr[-400:]}")
+                figures["incr_backup_s"] = times
+                rows.append(
+                    (
+                        "incremental backup, the standby's pgBackRest answering / unreachable",
+                        f"{times['answering']:.1f} s / {times['unreachable']:.1f} s",
+                        "",
+                    )
+                )
             finally:
                 for p in procs:
                     p.terminate()
