@@ -155,3 +155,14 @@ def rollback_script(before: str, goal: str, profile: str = PROFILE) -> str:
     if goal == "test":
         return f"{b}/bin/switch-to-configuration test"
     return f"nix-env -p {shlex.quote(profile)} --set {b} && {b}/bin/switch-to-configuration switch"
+
+
+# After a failed confirmation, how long past its own deadline a machine may take to revert
+# (switch-to-configuration of the previous system restarts services: seconds to minutes).
+REVERT_WAIT = 300
+
+
+def state_command(token: str, state_dir: str = STATE_DIR) -> str:
+    """The activation's state on the machine: activated, reverted, failed or done (empty: none)."""
+    d = shlex.quote(f"{state_dir}/{token}")
+    return f"cat {d}/state 2>/dev/null || true"

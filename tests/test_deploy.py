@@ -671,3 +671,41 @@ def test_real_run_errors_as_json(tmp_path: Path) -> None:
     code, out, err = cli("deploy", str(tmp_path / "missing.toml"), "--json")
     assert code == 1 and err == ""
     assert json.loads(out)["ok"] is False
+
+
+def test_after_a_failed_confirmation_synth_waits_for_the_machines_own_revert(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running system is read only once the machine reports its revert: a revert that takes
+    long (switch-to-configuration restarts services) is never caught half-way and rolled back on
+    top. A late confirmation that the machine took ("done") keeps the new system."""
+    from synth.commands.deploy import Runner
+    from synth.remote import SshOptions
+
+    c = load(EXAMPLES / "large.toml")
+    said: list[str] = []
+    runner = Runner(
+        c, {}, SshOptions(), lambda h, m: said.append(m), goal="switch", confirm_timeout=3, current_system="/x"
+    )
+    monkeypatch.setattr("synth.commands.deploy.time.sleep", lambda s: None)
+    for answers, code, message in (
+        (
+            ["activated", "activated", "", "reverted"],
+            1,
+            "the machine reverted by itself (its activation reports reverted)",
+        ),
+        (["activated", "done"], 0, "the machine took the confirmation after all: the new system stays"),
+    ):
+        states = iter(answers)
+        seen: list[str] = []
+
+        def ssh(
+            name: str, command: str, states: Iterable[str] = states, seen: list[str] = seen, **kw: object
+        ) -> subprocess.CompletedProcess[str]:
+            seen.append(command)
+            return subprocess.CompletedProcess([], 0, next(iter(states)) + "\n", "")
+
+        runner._ssh = ssh  # type: ignore[method-assign]
+        said.clear()
+        assert runner._await_revert("db1", "T1") == code
+        assert said[-1] == message, said
+        assert len(seen) == len(answers), "it stops polling at the first final state"
+        assert all("/run/lemmy-cluster/deploy/T1/state" in cmd for cmd in seen)

@@ -500,7 +500,30 @@ class Runner:
             f"cannot confirm over a new ssh connection ({detail or c.returncode}): the machine reverts by "
             f"itself within {self.confirm_timeout}s; waiting for that",
         )
-        time.sleep(self.confirm_timeout + 5)
+        return self._await_revert(name, token)
+
+    def _await_revert(self, name: str, token: str) -> int:
+        """After a failed confirmation: wait until the machine reports its activation reverted (its
+        previous system running again), so that whatever reads its running system next does not
+        catch a revert half-way (and roll back on top of it). Polls its state file over ssh until
+        the deadline plus REVERT_WAIT; a machine still unreachable then is left to the caller."""
+        from synth import activate
+
+        wait = self.confirm_timeout + activate.REVERT_WAIT
+        end = time.monotonic() + wait
+        time.sleep(min(self.confirm_timeout, 2))
+        while time.monotonic() < end:
+            r = self._ssh(name, activate.state_command(token, self.state_dir), timeout=15)
+            state = r.stdout.strip() if r.returncode == 0 else ""
+            if state in ("reverted", "failed"):
+                self.emit(name, f"the machine reverted by itself (its activation reports {state})")
+                return 1
+            if state == "done":
+                # The confirmation reached it after all (the confirming ssh timed out late).
+                self.emit(name, "the machine took the confirmation after all: the new system stays")
+                return 0
+            time.sleep(2)
+        self.emit(name, f"no report of the revert within {wait}s: its running system is read next")
         return 1
 
     def lemmy_upgrade(self, order: list[str]) -> LemmyUpgrade | None:

@@ -275,6 +275,9 @@ def test_a_machine_cut_off_by_its_activation_reverts_by_itself(lab: Lab) -> None
     assert r.returncode == 1, r.stdout + r.stderr
     assert "dt1  cannot confirm over a new ssh connection" in r.stdout
     assert "the machine reverts by itself within 6s" in r.stdout
+    # synth waits for the machine's own report of the revert before it reads the running system
+    # (a revert read half-way would be rolled back on top of it).
+    assert "dt1  the machine reverted by itself (its activation reports reverted)" in r.stdout, r.stdout
     assert f"dt1  running system unchanged ({before['dt1']}): not rolled back" in r.stdout
     assert not log.exists(), "the machine reverted by itself; synth rolled nothing back"
     assert lab.running("dt1") == before["dt1"]
