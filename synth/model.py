@@ -94,6 +94,10 @@ class PictrsSection(_Strict):
     bucket: str | None = None
     region: str = "us-east-1"
     path_style: bool = False
+    # store = "object_storage" only: the CPUs pict-rs sees on each pict-rs machine (default
+    # PICTRS_DEFAULT_CPUS). pict-rs 0.5 sizes its Postgres pools from them (pictrs_db_connections),
+    # and synth cannot see the machines, so it counts with this number.
+    cpus: int | None = Field(default=None, ge=1, le=1024)
 
 
 class StorageSection(_Strict):
@@ -697,7 +701,7 @@ def _check_pictrs_section(c: Cluster) -> list[Problem]:
                 )
             )
     else:
-        for key in ("endpoint", "bucket"):
+        for key in ("endpoint", "bucket", "cpus"):
             if getattr(s, key) is not None:
                 p.append(
                     Problem(f"pictrs.{key}", 'only used with store = "object_storage"; remove it or set that store')
@@ -750,6 +754,31 @@ def _check_backend_section(c: Cluster) -> list[Problem]:
 
 # What modules/postgres/{streaming,patroni}-settings.nix give PostgreSQL: one WAL sender and one
 # slot per replica, and one sender to spare for a new replica's clone (pg_basebackup).
+# Connections each pict-rs machine may hold open through its local proxy to the PostgreSQL leader
+# (HAProxy's maxconn; with Patroni and store = "object_storage").
+PG_PROXY_MAX_CONNECTIONS = 100
+# Connections PostgreSQL keeps out of the clients' pools (superuser and replication sessions, psql).
+RESERVED_CONNECTIONS = 10
+# CPUs assumed for each pict-rs machine when [pictrs] cpus is not set.
+PICTRS_DEFAULT_CPUS = 4
+
+
+def pictrs_db_connections(c: Cluster) -> int:
+    """At most how many PostgreSQL connections one pict-rs machine opens (0 with store = "local").
+
+    pict-rs 0.5's Postgres repository (src/repo/postgres.rs, PostgresRepo::connect, read at
+    v0.5.17-pre.2) builds two bb8 pools whose sizes nothing in its configuration sets: 8 per CPU
+    for queries and min(CPUs, 4) for LISTEN, CPUs being std::thread::available_parallelism().
+    Behind the local HAProxy (Patroni), its maxconn bounds them too: one server connection per
+    client connection.
+    """
+    if c.pictrs.store != "object_storage":
+        return 0
+    cpus = c.pictrs.cpus or PICTRS_DEFAULT_CPUS
+    pools = 8 * cpus + min(cpus, 4)
+    return min(pools, PG_PROXY_MAX_CONNECTIONS) if automatic_failover(c) else pools
+
+
 PG_MAX_WAL_SENDERS = 10
 PG_MAX_REPLICATION_SLOTS = 10
 MAX_POSTGRES_MACHINES = min(PG_MAX_WAL_SENDERS - 1, PG_MAX_REPLICATION_SLOTS) + 1
@@ -1081,13 +1110,36 @@ def _check_roles(c: Cluster) -> list[Problem]:
         len(federation_senders(c)) if c.backend.federation_process == "dedicated" else 0
     )
     pools = processes * c.backend.pool_size
-    if pools + 10 > pg.max_connections:
+    per_pictrs = pictrs_db_connections(c)
+    n_pictrs = len(pictrs) if per_pictrs else 0
+    total = pools + n_pictrs * per_pictrs + RESERVED_CONNECTIONS
+    lemmy = (
+        f"{processes} Lemmy process{'es' if processes != 1 else ''} with pool_size = {c.backend.pool_size} "
+        f"need {pools} connections"
+    )
+    if total > pg.max_connections and not n_pictrs:
         p.append(
             Problem(
                 "backend.pool_size",
-                f"{processes} Lemmy process{'es' if processes != 1 else ''} with pool_size = {c.backend.pool_size} "
-                f"need {pools} connections plus 10 reserved, more than postgres.max_connections = "
+                f"{lemmy} plus {RESERVED_CONNECTIONS} reserved, more than postgres.max_connections = "
                 f"{pg.max_connections}; lower pool_size or raise max_connections",
+            )
+        )
+    elif total > pg.max_connections:
+        cpus = c.pictrs.cpus or PICTRS_DEFAULT_CPUS
+        how = f"pict-rs 0.5 opens 8 per CPU plus {min(cpus, 4)} for LISTEN: " + (
+            f"[pictrs] cpus = {cpus}" if c.pictrs.cpus else f"{cpus} CPUs assumed"
+        )
+        if automatic_failover(c) and per_pictrs == PG_PROXY_MAX_CONNECTIONS:
+            how += f", at most {PG_PROXY_MAX_CONNECTIONS} through the local proxy"
+        p.append(
+            Problem(
+                "postgres.max_connections",
+                f"{lemmy}, {n_pictrs} pict-rs machine{'s' if n_pictrs != 1 else ''} up to {per_pictrs} each "
+                f"({how}) for their Postgres repository, plus "
+                f"{RESERVED_CONNECTIONS} reserved: {total}, more than max_connections = {pg.max_connections}; "
+                f"raise max_connections to at least {total}, lower backend.pool_size or run fewer pict-rs "
+                "machines" + ("" if c.pictrs.cpus else ", or set [pictrs] cpus to the CPUs of the pict-rs machines"),
             )
         )
     return p

@@ -260,6 +260,58 @@ def test_pool_size_must_fit_max_connections() -> None:
     assert "4 Lemmy processes with pool_size = 40 need 160 connections" in msg, msg
 
 
+SHARED = '\n[pictrs]\nstore = "object_storage"\nendpoint = "https://s3.example.org"\nbucket = "lemmy-images"\n'
+
+
+def test_pool_check_counts_pictrs_postgres_pools() -> None:
+    # pict-rs 0.5's Postgres repository: 8 connections per CPU plus min(CPUs, 4) for LISTEN, on
+    # every pict-rs machine. Two of them at the assumed 4 CPUs need 2 x 36 beside Lemmy's 40.
+    text = BASE.replace("version = 17", "version = 17\nmax_connections = 100").replace(
+        'roles = ["frontend"]', 'roles = ["frontend", "pictrs"]'
+    )
+    msg = one(text + SHARED + "\n[backend]\npool_size = 40\n")
+    assert msg.startswith(
+        "c.toml: postgres.max_connections: 1 Lemmy process with pool_size = 40 need 40 connections, "
+        "2 pict-rs machines up to 36 each (pict-rs 0.5 opens 8 per CPU plus 4 for LISTEN: 4 CPUs assumed)"
+    ), msg
+    assert "plus 10 reserved: 122, more than max_connections = 100; raise max_connections to at least 122" in msg
+    assert "or set [pictrs] cpus to the CPUs of the pict-rs machines" in msg, msg
+    # The same Lemmy pool fits with 2 CPUs (2 x 18); at 3 (2 x 27) it does not, and the hint about
+    # [pictrs] cpus is gone once it is set.
+    parse(text + SHARED + "cpus = 2\n\n[backend]\npool_size = 40\n")
+    msg = one(text + SHARED + "cpus = 3\n\n[backend]\npool_size = 40\n")
+    assert "2 pict-rs machines up to 27 each (pict-rs 0.5 opens 8 per CPU plus 3 for LISTEN: [pictrs] cpus = 3)" in msg
+    assert "plus 10 reserved: 104," in msg and "[pictrs] cpus to" not in msg, msg
+
+
+def test_pool_check_local_pictrs_adds_nothing() -> None:
+    # store = "local" keeps pict-rs's repository in sled: only Lemmy's pool counts (40 + 10 <= 50).
+    text = BASE.replace("version = 17", "version = 17\nmax_connections = 50")
+    parse(text + "\n[backend]\npool_size = 40\n")
+    msg = one(text + "\n[pictrs]\ncpus = 2\n\n[backend]\npool_size = 40\n")
+    assert 'pictrs.cpus: only used with store = "object_storage"' in msg, msg
+
+
+def test_pool_check_pictrs_bounded_by_the_local_proxy() -> None:
+    # Under Patroni pict-rs reaches the leader through HAProxy (maxconn 100 per machine): 16 CPUs
+    # would open 132, the proxy lets through 100 (30 + 100 + 10 <= 150). Without Patroni all 132.
+    text = (
+        BASE.replace("version = 17", "version = 17\nmax_connections = 150")
+        + '\n[machines.db2]\naddress = "10.0.0.4"\nroles = ["postgres"]\n'
+        + SHARED
+        + "cpus = 16\n"
+    )
+    parse(text)
+    msg = one(text.replace("max_connections = 150", 'max_connections = 150\nfailover = "manual"'))
+    assert "1 pict-rs machine up to 132 each (pict-rs 0.5 opens 8 per CPU plus 4 for LISTEN: [pictrs] cpus = 16)" in msg
+    assert "plus 10 reserved: 172, more than max_connections = 150" in msg, msg
+    msg = one(text.replace("max_connections = 150", "max_connections = 130"))
+    assert (
+        "up to 100 each (pict-rs 0.5 opens 8 per CPU plus 4 for LISTEN: [pictrs] cpus = 16, at most 100 through" in msg
+    )
+    assert "reserved: 140, more than max_connections = 130" in msg, msg
+
+
 def test_site_name_and_admin_username_limits() -> None:
     text = BASE.replace(
         'admin_email = "admin@example.org"',
