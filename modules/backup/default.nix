@@ -162,30 +162,7 @@ in
       description = "The port of pgBackRest's TLS servers (on this machine and the backup machine).";
     };
     tls = import ./tls-options.nix { inherit lib; };
-    retention = {
-      full = mkOption {
-        type = types.ints.between 1 100;
-        default = 2;
-        description = "Full backups kept (older ones expire, with the WAL only they needed).";
-      };
-      diff = mkOption {
-        type = types.ints.between 1 100;
-        default = 6;
-        description = "Differential backups kept.";
-      };
-    };
-    schedule = {
-      full = mkOption {
-        type = types.str;
-        default = "Sun *-*-* 01:00:00";
-        description = "When the full backup runs (systemd OnCalendar).";
-      };
-      diff = mkOption {
-        type = types.str;
-        default = "Mon..Sat *-*-* 01:00:00";
-        description = "When the differential backup runs (systemd OnCalendar).";
-      };
-    };
+    inherit (import ./job-options.nix { inherit lib; }) retention schedule;
     cipherPassFile = mkOption {
       type = types.str;
       description = "File holding the repository's encryption passphrase (read at run time, never in the store). Without it no backup can be read.";
