@@ -92,6 +92,7 @@ class Lab:
 
     def backup(self) -> str:
         """One run of the documented backup, with the read-only key; the run's deleted/ folder name."""
+        # The README's `date -u +%Y-%m-%dT%H%M%SZ`, with microseconds: the tests run twice a second.
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%S.%fZ")
         self.stamps.append(stamp)
         r = self.rclone(
