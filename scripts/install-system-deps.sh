@@ -8,7 +8,8 @@
 # venv of Debian's python3 under /opt (the postgres user runs it: it cannot run a Python that lives
 # under root's home); for the live tests of the WireGuard mesh wireguard-go (userspace: the test
 # machine's kernel has no WireGuard module), wireguard-tools (wg), tcpdump (the underlay capture)
-# and ping (the mesh check makes traffic with it, as `synth verify` does);
+# and ping (the mesh check makes traffic with it, as `synth verify` does); rclone for the live test
+# of the images bucket's backup (tests/live/test_bucket_backup.py);
 # with --bench also wrk, for `make bench`.
 # Installs only what is missing; does nothing (but say so) when not root.
 set -euo pipefail
@@ -37,6 +38,7 @@ have ping || need+=(iputils-ping)
 # pgBackRest for the backup live tests (Debian: 2.45, which speaks S3 only over TLS; they use a posix repository).
 [ -x /usr/bin/pgbackrest ] || need+=(pgbackrest)
 have rsync || need+=(rsync)  # modules/backup/scripts/pictrs-backup.sh and its test
+[ -x /usr/bin/rclone ] || need+=(rclone)  # the images bucket's backup procedure (README) and its live test
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The Patroni venv is made from Debian's own python3, which needs its python3-venv too.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

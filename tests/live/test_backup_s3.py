@@ -102,8 +102,8 @@ def cluster_text() -> str:
     )
 
 
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """A CA and the S3 server's certificate for S3_NAME (and its address, for boto3 here), and a
+def make_certificates(folder: Path, address: str = S3_ADDRESS) -> dict[str, Path]:
+    """A CA and the S3 server's certificate for S3_NAME (and ADDRESS, for boto3 here), and a
     second CA that signed nothing pgBackRest meets."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -144,7 +144,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(S3_NAME), x509.IPAddress(ipaddress.ip_address(S3_ADDRESS))]),
+            x509.SubjectAlternativeName([x509.DNSName(S3_NAME), x509.IPAddress(ipaddress.ip_address(address))]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -168,9 +168,9 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     return {k: v[0] for k, v in files.items()}
 
 
-def nginx_conf(folder: Path, certs: dict[str, Path]) -> Path:
-    """nginx terminating TLS for moto: every request passed on as it came (the Host header is
-    signed), bodies streamed both ways."""
+def nginx_conf(folder: Path, certs: dict[str, Path], address: str = S3_ADDRESS) -> Path:
+    """nginx terminating TLS for moto on ADDRESS:443: every request passed on as it came (the Host
+    header is signed), bodies streamed both ways."""
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (folder / d).mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"
@@ -189,7 +189,7 @@ http {{
     uwsgi_temp_path {folder / "uwsgi"};
     scgi_temp_path {folder / "scgi"};
     server {{
-        listen {S3_ADDRESS}:443 ssl;
+        listen {address}:443 ssl;
         ssl_certificate {certs["cert"]};
         ssl_certificate_key {certs["key"]};
         client_max_body_size 0;
