@@ -60,6 +60,9 @@ class BackupSection(BaseModel):
     diff_retention: int = Field(default=6, ge=1, le=100)
     full_schedule: str = DEFAULT_FULL_SCHEDULE
     diff_schedule: str = DEFAULT_DIFF_SCHEDULE
+    # With a backup machine and pict-rs's object storage: copy pict-rs's bucket to the backup
+    # machine (rclone sync with a read-only key, objects deleted or replaced kept aside).
+    images: bool = True
 
 
 # --------------------------------------------------------------------------- OnCalendar
@@ -166,11 +169,41 @@ def _check_hosts(c: Cluster) -> list[Problem]:
     return p
 
 
+def images_backup(c: Cluster) -> bool:
+    """Whether the backup machine copies pict-rs's bucket (see IMAGES_*)."""
+    b = c.backup
+    return b is not None and b.images and repository_host(c) is not None and c.pictrs.store == "object_storage"
+
+
+# The copy of pict-rs's bucket on the backup machine: its folder under the repository's path,
+# when it runs (systemd OnCalendar: every six hours), and its Garage key's name.
+IMAGES_FOLDER = "pictrs-bucket"
+IMAGES_SCHEDULE = "*-*-* 00/6:30:00"
+GARAGE_IMAGES_KEY_NAME = "images-backup"
+
+
+def images_keep_days(c: Cluster) -> int:
+    """How long objects deleted from the bucket stay in the copy: as long as the oldest database
+    backup kept can be restored (a full backup a week, full_retention of them, and a week more)."""
+    b = c.backup
+    assert b is not None
+    return 7 * (b.full_retention + 1)
+
+
 def check(c: Cluster) -> list[Problem]:
     p = _check_hosts(c)
     b = c.backup
     if b is None:
         return p
+    if "images" in b.model_fields_set and b.images and not images_backup(c):
+        p.append(
+            Problem(
+                "backup.images",
+                'copies pict-rs\'s bucket to the backup machine: it needs a machine of role "backup" and '
+                '[pictrs] store = "object_storage"; remove it (with a local pict-rs its folder is snapshotted '
+                "on its own machine, see the README)",
+            )
+        )
     pgs = c.machines_with("postgres")
     storage = c.machines_with("storage")
     host = repository_host(c)

@@ -142,6 +142,27 @@ def backup_repository_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
         "retention": {"full": b.full_retention, "diff": b.diff_retention},
         "schedule": {"full": b.full_schedule, "diff": b.diff_schedule},
         "cipherPassFile": h.secrets["backup_cipher_pass"],
+    } | ({"images": images_data(c, h)} if h.backup_repository.images_endpoint is not None else {})
+
+
+def images_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
+    """backupRepository.images: the copy of pict-rs's bucket (modules/backup/repository.nix)."""
+    from synth import backup
+    from synth.model import pictrs_bucket
+
+    assert h.backup_repository is not None and h.backup_repository.images_endpoint is not None
+    own = bool(c.machines_with("storage"))
+    return {
+        "enable": True,
+        "endpoint": h.backup_repository.images_endpoint,
+        "region": c.pictrs.region,
+        "bucket": pictrs_bucket(c),
+        # Garage answers path-style requests (it has no root_domain here).
+        "pathStyle": own or c.pictrs.path_style,
+        "accessKeyFile": h.secrets["images_backup_access_key"],
+        "secretKeyFile": h.secrets["images_backup_secret_key"],
+        "schedule": backup.IMAGES_SCHEDULE,
+        "keepDays": backup.images_keep_days(c),
     }
 
 
@@ -343,6 +364,14 @@ def host_data(c: Cluster, h: HostPlan) -> dict[str, Any]:
                 "accessKeyFile": h.secrets["s3_access_key"],
                 "secretKeyFile": h.secrets["s3_secret_key"],
             }
+            if "images_backup_access_key" in h.secrets:
+                from synth.backup import GARAGE_IMAGES_KEY_NAME
+
+                storage["setup"]["imagesBackup"] = {
+                    "keyName": GARAGE_IMAGES_KEY_NAME,
+                    "accessKeyFile": h.secrets["images_backup_access_key"],
+                    "secretKeyFile": h.secrets["images_backup_secret_key"],
+                }
             if st.backup_bucket is not None:
                 from synth.backup import GARAGE_BACKUP_KEY_NAME
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from synth import mesh
 from synth.backup import DEFAULT_BUCKET as DEFAULT_BACKUP_BUCKET
+from synth.backup import images_backup
 from synth.mesh import MeshPlan
 from synth.model import (
     Cluster,
@@ -87,6 +88,10 @@ SECRET_FILES = {
     "backup_tls_ca": "backup-tls-ca",
     "backup_tls_cert": "backup-tls-cert",
     "backup_tls_key": "backup-tls-key",
+    # only with a backup machine and pict-rs's object storage: the read-only key that copies
+    # pict-rs's bucket (in Garage's formats with storage machines, else your provider's)
+    "images_backup_access_key": "images-backup-access-key",
+    "images_backup_secret_key": "images-backup-secret-key",
 }
 # Secrets of which every machine has its own: secrets/<file>.<machine> here, <dir>/<file> there.
 PER_MACHINE_SECRETS = frozenset({"garage_node_key", "wireguard_key", "backup_tls_cert", "backup_tls_key"})
@@ -223,6 +228,8 @@ class BackupRepositoryPlan:
     """The machine with role "backup": pgBackRest's repository host."""
 
     databases: list[BackupDatabase]  # every postgres machine, in file order
+    # With pict-rs's object storage: where it copies pict-rs's bucket from (None: it does not).
+    images_endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,7 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     backup_bucket = (c.backup.bucket or DEFAULT_BACKUP_BUCKET) if c.backup is not None and backup_s3 else None
     # pgBackRest's repository host: the machine with role "backup" ([backup] repository = "posix").
     backup_host = next(iter(c.machines_with("backup")), None) if c.backup is not None else None
+    images = images_backup(c)
     # pict-rs takes one database URL: under Patroni its local HAProxy, which follows the leader.
     pictrs_proxy = patroni and shared_pictrs
     storage = c.machines_with("storage")
@@ -302,12 +310,16 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                     need += list(BACKUP_TLS_SECRETS)
         if "backup" in roles and backup_host == name:
             need += ["backup_cipher_pass", *BACKUP_TLS_SECRETS]
+            if images:
+                need += ["images_backup_access_key", "images_backup_secret_key"]
         if "storage" in roles:
             need += ["garage_rpc_secret", "garage_node_key"]
         if "storage" in roles and name == setup_machine:
             need += ["s3_access_key", "s3_secret_key"]  # imported into Garage as pict-rs's key
             if c.backup is not None and c.backup.repository == "s3":
                 need += ["backup_s3_access_key", "backup_s3_secret_key"]  # the backups' own key
+            if images:
+                need += ["images_backup_access_key", "images_backup_secret_key"]  # imported read-only
         if mesh.enabled(c):
             need += [mesh.SECRET_KEY]
         base = c.secrets.dir.rstrip("/")
@@ -403,8 +415,19 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 talks_to.add(backup_host)
         br = None
         if "backup" in roles and name == backup_host:
-            br = BackupRepositoryPlan(databases=[BackupDatabase(name=p, address=addr[p]) for p in pgs])
+            br = BackupRepositoryPlan(
+                databases=[BackupDatabase(name=p, address=addr[p]) for p in pgs],
+                # Garage's S3 API of the first storage machine (plain HTTP inside the cluster), or
+                # the [pictrs] endpoint of the provider.
+                images_endpoint=(
+                    f"http://{hostport(addr[storage[0]], GARAGE_S3_PORT)}" if storage else c.pictrs.endpoint
+                )
+                if images
+                else None,
+            )
             talks_to.update(pgs)
+            if images:
+                talks_to.update(storage[:1])
         st = None
         if "storage" in roles:
             others = [m for m in storage if m != name]
@@ -420,7 +443,13 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 s3_clients=[
                     addr[p]
                     for p in c.machines
-                    if p != name and ((shared_pictrs and p in pictrs) or (backup_s3 and p in pgs))
+                    if p != name
+                    and (
+                        (shared_pictrs and p in pictrs)
+                        or (backup_s3 and p in pgs)
+                        # the backup machine copies pict-rs's bucket from the first storage machine
+                        or (images and p == backup_host and name == setup_machine)
+                    )
                 ],
                 layout=[
                     GarageNode(
@@ -440,6 +469,8 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
                 talks_to.update(pictrs)
             if backup_s3:
                 talks_to.update(pgs)
+            if images and backup_host is not None and name == setup_machine:
+                talks_to.add(backup_host)
         et = None
         if name in etcd:
             et = EtcdPlan(

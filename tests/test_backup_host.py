@@ -274,3 +274,67 @@ def test_repository_checks_report_the_server_and_the_newest_backup() -> None:
     down = FakeHost({"systemctl is-active": (3, "inactive"), "lemmy-cluster-pgbackrest": (0, info)})
     res = {r.name: r for r in repository_checks(down, now=now)}
     assert not res["backup: repository server"].ok and "inactive" in res["backup: repository server"].detail
+
+
+# --------------------------------------------------------------------------- pict-rs's bucket
+
+
+def storage_cluster(extra: str = "") -> str:
+    """tests/golden/storage.toml (three Garage machines, pict-rs on object storage) with a backup
+    machine and [backup] posix."""
+    text = (ROOT / "tests" / "golden" / "storage.toml").read_text()
+    return (
+        text
+        + '\n[backup]\nrepository = "posix"\n'
+        + extra
+        + '\n[machines.bk1]\naddress = "10.2.0.50"\nroles = ["backup"]\n'
+    )
+
+
+def test_the_backup_machine_copies_pictrs_bucket_with_a_read_only_key_of_its_own() -> None:
+    c = parse(storage_cluster(), "c.toml")
+    hosts = plan(c)
+    images = lc(storage_cluster(), "bk1")["backupRepository"]["images"]  # type: ignore[index]
+    store1 = hosts["store1"]
+    assert images["endpoint"] == f"http://{store1.private_address}:3900"
+    assert images["bucket"] == "lemmy-images" and images["pathStyle"] is True
+    assert images["keepDays"] == 21, "full_retention 2: three weeks, as long as the oldest full backup"
+    assert images["accessKeyFile"].endswith("/images-backup-access-key")
+    # The first storage machine imports that key (read-only: modules/storage), and lets bk1 in.
+    setup = lc(storage_cluster(), "store1")["storage"]["setup"]  # type: ignore[index]
+    assert setup["imagesBackup"]["keyName"] == "images-backup"
+    assert hosts["bk1"].private_address in lc(storage_cluster(), "store1")["storage"]["s3Clients"]  # type: ignore[index]
+    assert hosts["bk1"].private_address not in lc(storage_cluster(), "store2")["storage"]["s3Clients"]  # type: ignore[index]
+    assert "store1" in hosts["bk1"].peers and "bk1" in hosts["store1"].peers
+    # Only bk1 and the first storage machine hold the key; pict-rs's own key is not bk1's.
+    holders = sorted(n for n, h in hosts.items() if "images_backup_access_key" in h.secrets)
+    assert holders == ["bk1", "store1"]
+    assert "s3_access_key" not in hosts["bk1"].secrets
+
+
+def test_images_can_be_turned_off_and_are_refused_where_they_cannot_work() -> None:
+    off = parse(storage_cluster("images = false\n"), "c.toml")
+    assert "images" not in host_data(off, plan(off)["bk1"])["services"]["lemmy-cluster"]["backupRepository"]
+    assert "images_backup_access_key" not in plan(off)["store1"].secrets
+    # A local pict-rs has no bucket to copy.
+    got = problems(cluster("images = true\n"))
+    assert any(p.startswith("c.toml: backup.images:") and 'store = "object_storage"' in p for p in got), got
+    # Without the flag a local pict-rs simply gets nothing.
+    assert "images" not in lc(cluster(), "bk1")["backupRepository"]  # type: ignore[operator]
+
+
+def test_with_an_external_provider_the_read_only_key_is_the_admins(tmp_path: Path) -> None:
+    text = cluster(
+        "",
+        TWO_DB
+        + '\n[pictrs]\nstore = "object_storage"\nendpoint = "https://s3.example.net"\nbucket = "img"\n'
+        + "path_style = true\n",
+    )
+    file = tmp_path / "cluster.toml"
+    file.write_text(text)
+    images = lc(text, "bk1")["backupRepository"]["images"]  # type: ignore[index]
+    assert images["endpoint"] == "https://s3.example.net" and images["bucket"] == "img"
+    code, out, err = run("secrets", "init", str(file))
+    assert code == 0, out + err
+    assert "missing: " in out and "images-backup-access-key: put the key your S3 provider gave you" in out, out
+    assert not (tmp_path / "secrets" / "images-backup-access-key").exists(), "never invented"

@@ -6,6 +6,9 @@
 # backup CA, are let in); this machine takes the scheduled full and differential backups from
 # whichever postgres machine is the primary (pgBackRest asks each one, through its own server),
 # and at its first start, once a primary answers, creates the stanza and a first full backup.
+# With pict-rs's object storage (images.enable) it also copies pict-rs's bucket into
+# <path>/pictrs-bucket every six hours with a read-only key (./scripts/bucket-backup.sh: rclone
+# sync; objects deleted from the bucket or replaced are moved into deleted/<time>, kept keepDays).
 {
   config,
   lib,
@@ -46,6 +49,7 @@ let
     };
   };
   jobUnit = job: "pgbackrest-${cfg.stanza}-${job}";
+  imagesFolder = "pictrs-bucket";
   needsTls = {
     requires = [ "lemmy-cluster-backup-tls.service" ];
     after = [
@@ -116,6 +120,46 @@ in
       type = types.str;
       description = "File holding the repository's encryption passphrase (read at run time, never in the store).";
     };
+    images = {
+      enable = lib.mkEnableOption "the copy of pict-rs's bucket into <path>/pictrs-bucket";
+      endpoint = mkOption {
+        type = types.str;
+        example = "http://10.0.0.40:3900";
+        description = "The S3 endpoint of pict-rs's bucket (Garage's S3 API, or the provider's).";
+      };
+      region = mkOption {
+        type = types.str;
+        default = "garage";
+        description = "The bucket's region.";
+      };
+      bucket = mkOption {
+        type = types.str;
+        description = "pict-rs's bucket.";
+      };
+      pathStyle = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Path-style requests (Garage, MinIO).";
+      };
+      accessKeyFile = mkOption {
+        type = types.str;
+        description = "File holding the access key id of a key that can only read the bucket.";
+      };
+      secretKeyFile = mkOption {
+        type = types.str;
+        description = "File holding its secret key.";
+      };
+      schedule = mkOption {
+        type = types.str;
+        default = "*-*-* 00/6:30:00";
+        description = "When the copy runs (systemd OnCalendar).";
+      };
+      keepDays = mkOption {
+        type = types.ints.unsigned;
+        default = 21;
+        description = "Days an object deleted from the bucket (or replaced) stays in the copy's deleted/ folders; 0: forever.";
+      };
+    };
   };
 
   config = lib.mkIf (top.enable && cfg.enable) {
@@ -130,7 +174,12 @@ in
       }
       {
         assertion = lib.all (f: f == null || !(lib.hasPrefix "/nix/store" f)) (
-          [ cfg.cipherPassFile ] ++ lib.attrValues cfg.tls
+          [ cfg.cipherPassFile ]
+          ++ lib.attrValues cfg.tls
+          ++ lib.optionals cfg.images.enable [
+            cfg.images.accessKeyFile
+            cfg.images.secretKeyFile
+          ]
         );
         message = "services.lemmy-cluster.backupRepository: a secret file points into the Nix store, which is world-readable; keep secrets in root-owned files outside it.";
       }
@@ -193,6 +242,48 @@ in
         };
         ${jobUnit "full"} = job "full";
         ${jobUnit "diff"} = job "diff";
+        lemmy-cluster-images-backup = lib.mkIf cfg.images.enable {
+          description = "lemmy-cluster: copy pict-rs's bucket into ${cfg.path}/${imagesFolder} (read-only key)";
+          startAt = cfg.images.schedule;
+          after = [ "network-online.target" ];
+          wants = [ "network-online.target" ];
+          serviceConfig = {
+            Type = "oneshot";
+            User = user;
+            Group = user;
+            LoadCredential = [
+              "images-backup-access-key:${cfg.images.accessKeyFile}"
+              "images-backup-secret-key:${cfg.images.secretKeyFile}"
+            ];
+            ExecStart = "${pkgs.bash}/bin/bash ${scripts}/bucket-backup.sh ${
+              lib.escapeShellArgs (
+                [
+                  "--endpoint"
+                  cfg.images.endpoint
+                  "--region"
+                  cfg.images.region
+                  "--bucket"
+                  cfg.images.bucket
+                  "--dest"
+                  "${cfg.path}/${imagesFolder}"
+                  "--keep-days"
+                  (toString cfg.images.keepDays)
+                  "--access-key-file"
+                  cfg.images.accessKeyFile
+                  "--secret-key-file"
+                  cfg.images.secretKeyFile
+                  "--rclone"
+                  (lib.getExe pkgs.rclone)
+                ]
+                ++ lib.optional cfg.images.pathStyle "--path-style"
+              )
+            }";
+          };
+          path = [
+            pkgs.coreutils
+            pkgs.findutils
+          ];
+        };
         lemmy-cluster-backup-init = needsTls // {
           description = "lemmy-cluster: pgBackRest stanza and first full backup (from the primary)";
           wantedBy = [ "multi-user.target" ];

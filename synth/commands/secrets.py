@@ -82,7 +82,16 @@ def secrets() -> None:
 
 
 # Secrets that come from elsewhere (an external S3 provider) and that init therefore never invents.
-PROVIDED = frozenset({"s3_access_key", "s3_secret_key", "backup_s3_access_key", "backup_s3_secret_key"})
+PROVIDED = frozenset(
+    {
+        "s3_access_key",
+        "s3_secret_key",
+        "backup_s3_access_key",
+        "backup_s3_secret_key",
+        "images_backup_access_key",
+        "images_backup_secret_key",
+    }
+)
 
 
 def _new_value(key: str, own_storage: bool) -> str:
@@ -90,9 +99,9 @@ def _new_value(key: str, own_storage: bool) -> str:
 
     if key == "garage_rpc_secret":
         return garage.new_rpc_secret()
-    if key in ("s3_access_key", "backup_s3_access_key") and own_storage:
+    if key in ("s3_access_key", "backup_s3_access_key", "images_backup_access_key") and own_storage:
         return garage.new_access_key_id()
-    if key in ("s3_secret_key", "backup_s3_secret_key") and own_storage:
+    if key in ("s3_secret_key", "backup_s3_secret_key", "images_backup_secret_key") and own_storage:
         return garage.new_secret_key()
     import secrets as rnd
 
