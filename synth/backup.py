@@ -79,8 +79,8 @@ _WEEKDAY_NAMES = {d.lower() for d in _WEEKDAYS} | {
 }
 _SHORTHANDS = {"minutely", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "quarterly", "semiannually"}
 _NUM = r"(\*|\d+(\.\.\d+)?(/\d+)?)(,(\*|\d+(\.\.\d+)?(/\d+)?))*"
-_DATE_RE = re.compile(rf"^{_NUM}-{_NUM}-{_NUM}$|^{_NUM}-{_NUM}$")
-_TIME_RE = re.compile(rf"^{_NUM}:{_NUM}(:{_NUM})?$")
+_DATE_RE = re.compile(rf"^{_NUM}-{_NUM}-{_NUM}\Z|^{_NUM}-{_NUM}\Z")
+_TIME_RE = re.compile(rf"^{_NUM}:{_NUM}(:{_NUM})?\Z")
 
 
 def _weekday_ok(token: str) -> bool:
@@ -119,7 +119,7 @@ def calendar_problem(text: str) -> str | None:
 
 
 def _bucket_ok(name: str) -> bool:
-    return re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", name) is not None
+    return re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z", name) is not None
 
 
 def repository_host(c: Cluster) -> str | None:

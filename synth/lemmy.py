@@ -32,7 +32,7 @@ SMTP_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 # An address, alone or after a display name of plain words (RFC 5322's specials such as ',' or
 # ':' would need quoting, which Lemmy's mail library reads but which is easy to get wrong in TOML).
 _ADDRESS = r"[^<>()\[\]:;@\\,\"\s]+@[^<>()\[\]:;@\\,\"\s]+\.[^<>()\[\]:;@\\,\"\s]+"
-_MAILBOX_RE = re.compile(rf"^(?:[^<>()\[\]:;@\\,\"\r\n]+ <{_ADDRESS}>|{_ADDRESS})$")
+_MAILBOX_RE = re.compile(rf"^(?:[^<>()\[\]:;@\\,\"\r\n]+ <{_ADDRESS}>|{_ADDRESS})\Z")
 
 
 def valid_mailbox(text: str) -> bool:

@@ -29,11 +29,11 @@ ACME_MAX_FRONTENDS = 5
 # PostgreSQL majors that nixpkgs 26.05 packages and Lemmy 0.19 runs on (it needs >= 13).
 POSTGRES_VERSIONS = (14, 15, 16, 17, 18)
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+$")
-_STATE_VERSION_RE = re.compile(r"^\d\d\.\d\d$")
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+_SYSTEM_RE = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+\Z")
+_STATE_VERSION_RE = re.compile(r"^\d\d\.\d\d\Z")
 
 
 class _Strict(BaseModel):
@@ -403,7 +403,7 @@ def check(c: Cluster, *, pending_node_ids: bool = False) -> list[Problem]:
         p.append(Problem("cluster.state_version", "must look like '26.05'"))
     if cl.site_name is not None and not 1 <= len(cl.site_name) <= 20:
         p.append(Problem("cluster.site_name", "Lemmy allows 1 to 20 characters"))
-    if not re.match(r"^[A-Za-z0-9_]{3,20}$", cl.admin_username):
+    if not re.match(r"^[A-Za-z0-9_]{3,20}\Z", cl.admin_username):
         p.append(Problem("cluster.admin_username", "Lemmy user names are 3-20 letters, digits or '_'"))
     if cl.tls == "manual":
         for key in ("tls_certificate", "tls_key"):
@@ -670,7 +670,7 @@ def federation_senders(c: Cluster) -> list[str]:
     return [b for b in backends if b in chosen]
 
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
 def _check_pictrs_section(c: Cluster) -> list[Problem]:
@@ -685,7 +685,7 @@ def _check_pictrs_section(c: Cluster) -> list[Problem]:
                     "or give machines the role 'storage' to run the object storage (Garage) in the cluster",
                 )
             )
-        elif s.endpoint is not None and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", s.endpoint):
+        elif s.endpoint is not None and not re.match(r"^https?://[^\s/]+(/[^\s]*)?\Z", s.endpoint):
             p.append(
                 Problem("pictrs.endpoint", f"{s.endpoint!r} is not an http(s) URL such as 'https://s3.example.org'")
             )
@@ -843,7 +843,7 @@ def _check_machines(machines: dict[str, Machine]) -> list[Problem]:
             p.append(_not_linux(dotted((*base, "system")), m.system))
         if m.state_version is not None and not _STATE_VERSION_RE.match(m.state_version):
             p.append(Problem(dotted((*base, "state_version")), "must look like '26.05'"))
-        if not re.match(r"^[a-z_][a-z0-9_-]*$", m.ssh_user):
+        if not re.match(r"^[a-z_][a-z0-9_-]*\Z", m.ssh_user):
             p.append(Problem(dotted((*base, "ssh_user")), "not a valid user name"))
         p += _check_storage_fields(name, m)
 
@@ -890,9 +890,9 @@ def _check_frontend_ipv4(name: str, m: Machine) -> list[Problem]:
 
 # Garage's capacity syntax (the bytesize crate), restricted to what reads unambiguously:
 # a whole number and a unit, e.g. "500G", "2T", "750GB", "1TiB".
-_CAPACITY_RE = re.compile(r"^[1-9][0-9]*(M|G|T|P)(B|iB)?$")
-_NODE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
-_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_CAPACITY_RE = re.compile(r"^[1-9][0-9]*(M|G|T|P)(B|iB)?\Z")
+_NODE_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _STORAGE_FIELDS = ("storage_capacity", "storage_zone", "garage_node_id")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_'-]*$")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
 # Identifiers that are Nix keywords must be quoted when used as attribute names.
 _KEYWORDS = frozenset({"if", "then", "else", "assert", "with", "let", "in", "rec", "inherit", "or"})
 
@@ -27,7 +27,7 @@ def string(value: str) -> str:
 
 def attr_name(name: str) -> str:
     """An attribute name, quoted when it is not a plain identifier."""
-    if _IDENT_RE.match(name) and name not in _KEYWORDS:
+    if _IDENT_RE.fullmatch(name) and name not in _KEYWORDS:
         return name
     return string(name)
 

@@ -462,3 +462,18 @@ def test_other_roles_take_an_ipv6_private_address() -> None:
     and PostgreSQL listen on IPv6 private addresses."""
     c = parse(BASE.replace('address = "10.0.0.2"', 'address = "10.0.0.2"\nprivate_address = "fd00::2"'))
     assert c.private_address("app1") == "fd00::2"
+
+
+@pytest.mark.parametrize(
+    "old,new,where",
+    [
+        ("[machines.app1]", '[machines."app1\\n"]', "invalid machine name"),
+        ('domain = "lemmy.example.org"', 'domain = "lemmy.example.org\\n"', "cluster.domain"),
+        ('admin_email = "admin@example.org"', 'admin_email = "admin@example.org\\n"', "cluster.admin_email"),
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_value(old: str, new: str, where: str) -> None:
+    """A regex's `$` matches before a trailing newline: every such value passed before."""
+    assert old in BASE
+    got = problems(BASE.replace(old, new))
+    assert any(where in p for p in got), got

@@ -96,3 +96,10 @@ values = st.recursive(
 def test_round_trip_through_nix(value: Any) -> None:
     """What the serializer writes, Nix reads back as the same value."""
     assert nix_eval(nixexpr.render(value)) == value
+
+
+def test_a_name_ending_in_a_newline_is_quoted() -> None:
+    """`$` matches before a trailing newline: "A\\n" once became the bare name A (found by the round
+    trip above)."""
+    assert nix_eval(nixexpr.render({"A\n": None})) == {"A\n": None}
+    assert nixexpr.render({"A\n": 1}) == '{\n  "A\\n" = 1;\n}'
