@@ -318,7 +318,7 @@ def bucket_of(state: State, name: str) -> dict[str, Any]:
 
 
 def cmd_bucket(state: State, args: list[str]) -> tuple[str, bool]:
-    """bucket info / create / allow; returns the output and whether the state changed."""
+    """bucket info / create / allow / deny; returns the output and whether the state changed."""
     if not args:
         raise Unsupported("bucket without a subcommand")
     sub, args = args[0], args[1:]
@@ -334,17 +334,20 @@ def cmd_bucket(state: State, args: list[str]) -> tuple[str, bool]:
             raise GarageError("CreateBucket returned BucketAlreadyExists (409): Bucket already exists")
         state["buckets"][name] = {"keys": {}}
         return f"==== BUCKET INFORMATION ====\nGlobal alias:  {name}\n", True
-    if sub == "allow":
+    if sub in ("allow", "deny"):
+        # PermBucketOpt (structs.rs) for both; cmd_bucket_allow / cmd_bucket_deny (remote/bucket.rs)
+        # send AllowBucketKey / DenyBucketKey, which turn on / off only the flags given.
         opts, rest = options(args, {"--key": "key"}, {"--read", "--write", "--owner"})
         if len(rest) != 1 or "key" not in opts:
-            raise Unsupported("bucket allow without a bucket and --key")
+            raise Unsupported(f"bucket {sub} without a bucket and --key")
         bucket = bucket_of(state, rest[0])
         matches = [k for k, v in state["keys"].items() if opts["key"] in (k, v["name"])]
         if len(matches) != 1:
             raise GarageError(f"GetKeyInfo returned InvalidRequest (400): Bad request: {len(matches)} matching keys")
         perms = bucket["keys"].setdefault(matches[0], {"read": False, "write": False, "owner": False})
         for p in ("read", "write", "owner"):
-            perms[p] = perms[p] or bool(opts.get(p))
+            if opts.get(p):
+                perms[p] = sub == "allow"
         return f"New permissions for key {matches[0]} on bucket {rest[0]}:\n", True
     raise Unsupported(f"bucket {sub}")
 

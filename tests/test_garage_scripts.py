@@ -522,3 +522,102 @@ def test_setup_hands_its_rpc_secret_file_to_every_garage_call(cluster: Cluster, 
     assert done.returncode == 0, done.stderr
     calls = cluster.calls()
     assert calls and all(c.get("rpc_secret_file") == str(secret) for c in calls), calls
+
+
+# ---- --read-only: the backup machine's key on pict-rs's bucket ----
+
+NO_PERMISSIONS = {"read": False, "write": False, "owner": False}
+
+
+class ReadOnlyKey:
+    """The backup machine's key (setup.imagesBackup) in its own secret files."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.access_key = garage.new_access_key_id()
+        self.secret_key = garage.new_secret_key()
+        self.access_key_file = cluster.folder / "images-backup-access-key"
+        self.secret_key_file = cluster.folder / "images-backup-secret-key"
+        self.access_key_file.write_text(self.access_key + "\n")
+        self.secret_key_file.write_text(self.secret_key + "\n")
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        command = [
+            "bash",
+            str(GARAGE_SETUP),
+            "--bucket",
+            "pictrs",
+            "--key-name",
+            "images-backup",
+            "--access-key-file",
+            str(self.access_key_file),
+            "--secret-key-file",
+            str(self.secret_key_file),
+            "--read-only",
+            "--interval",
+            "0.05",
+            *THREE,
+        ]
+        return subprocess.run(
+            command, env=self.cluster.env(), capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
+
+    def permissions(self) -> dict[str, bool]:
+        perms: dict[str, bool] = self.cluster.state()["buckets"]["pictrs"]["keys"].get(self.access_key, NO_PERMISSIONS)
+        return perms
+
+
+def test_read_only_key_may_read_but_not_write_or_own(cluster: Cluster) -> None:
+    assert cluster.run(THREE).returncode == 0  # pict-rs's run: the bucket and pict-rs's key
+    key = ReadOnlyKey(cluster)
+    cluster.forget_calls()
+    out = key.run()
+    assert out.returncode == 0, out.stderr
+    state = cluster.state()
+    assert state["keys"][key.access_key] == {"secret": key.secret_key, "name": "images-backup"}
+    assert key.permissions() == {"read": True, "write": False, "owner": False}
+    assert state["buckets"]["pictrs"]["keys"][cluster.access_key] == {"read": True, "write": True, "owner": True}
+    assert cluster.commands("bucket", "create") == []
+    assert cluster.commands("bucket", "allow") == [["bucket", "allow", "--read", "pictrs", "--key", key.access_key]]
+    assert out.stdout.rstrip().endswith("done")
+
+
+def test_read_only_run_again_changes_nothing(cluster: Cluster) -> None:
+    assert cluster.run(THREE).returncode == 0
+    key = ReadOnlyKey(cluster)
+    assert key.run().returncode == 0
+    before = cluster.state()
+    cluster.forget_calls()
+    out = key.run()
+    assert out.returncode == 0, out.stderr
+    assert cluster.state() == before
+    assert cluster.commands("json-api") == [], "the key exists: not imported again"
+    assert key.permissions() == {"read": True, "write": False, "owner": False}
+
+
+def test_read_only_fails_when_the_bucket_is_missing(cluster: Cluster) -> None:
+    key = ReadOnlyKey(cluster)  # no pict-rs run before: no bucket
+    out = key.run()
+    assert out.returncode == 1
+    assert "bucket pictrs does not exist" in out.stderr
+    state = cluster.state()
+    assert state["buckets"] == {}, "the bucket is not created"
+    assert state["keys"] == {}, "nothing changed: the key is not imported either"
+    assert cluster.commands("bucket", "create") == []
+
+
+@pytest.mark.parametrize("had", [("write",), ("owner",), ("write", "owner")])
+def test_read_only_denies_write_and_owner_that_a_reused_key_had(cluster: Cluster, had: tuple[str, ...]) -> None:
+    assert cluster.run(THREE).returncode == 0
+    key = ReadOnlyKey(cluster)
+
+    def reuse(state: dict[str, Any]) -> None:
+        state["keys"][key.access_key] = {"secret": key.secret_key, "name": "images-backup"}
+        state["buckets"]["pictrs"]["keys"][key.access_key] = {**NO_PERMISSIONS, **dict.fromkeys(had, True)}
+
+    cluster.change(reuse)
+    cluster.forget_calls()
+    out = key.run()
+    assert out.returncode == 0, out.stderr
+    assert key.permissions() == {"read": True, "write": False, "owner": False}
+    assert cluster.commands("json-api") == [], "an existing key is kept, as without --read-only"

@@ -13,7 +13,8 @@
 #   loopback;
 # - on one machine (setup.enable), lemmy-cluster-garage-setup: waits for every storage machine,
 #   gives each new one its role in the layout, imports pict-rs's key and creates its bucket
-#   (scripts/garage-setup.sh).
+#   (scripts/garage-setup.sh); optionally pgBackRest's bucket and key, and a read-only key on
+#   pict-rs's bucket for the backup machine's copy of the images.
 {
   config,
   lib,
@@ -69,6 +70,12 @@ let
       ${pkgs.bash}/bin/bash ${scripts}/garage-setup.sh ${setupArgs cfg.setup.backup.bucket cfg.setup.backup.keyName} \
         --rpc-secret-file "$creds/rpc-secret" \
         --access-key-file "$creds/backup-s3-access-key" --secret-key-file "$creds/backup-s3-secret-key"
+    ''
+    # after pict-rs's run, which creates the bucket that --read-only requires
+    + lib.optionalString (cfg.setup.imagesBackup != null) ''
+      ${pkgs.bash}/bin/bash ${scripts}/garage-setup.sh ${setupArgs cfg.setup.bucket cfg.setup.imagesBackup.keyName} \
+        --read-only --rpc-secret-file "$creds/rpc-secret" \
+        --access-key-file "$creds/images-backup-access-key" --secret-key-file "$creds/images-backup-secret-key"
     ''
   );
 in
@@ -209,6 +216,34 @@ in
           pgBackRest's key can read them, and pict-rs's key cannot delete them.
         '';
       };
+      imagesBackup = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              keyName = mkOption {
+                type = types.str;
+                default = "images-backup";
+                description = "Name of the backup machine's read-only key in Garage.";
+              };
+              accessKeyFile = mkOption {
+                type = types.str;
+                description = "File holding the read-only key's access key id (GK and 24 hex digits).";
+              };
+              secretKeyFile = mkOption {
+                type = types.str;
+                description = "File holding the read-only key's secret key (64 hex digits).";
+              };
+            };
+          }
+        );
+        default = null;
+        description = ''
+          A read-only key on pict-rs's bucket for the backup machine's copy of the images: it may
+          read and list the bucket (setup.bucket), never write or delete, so that a stolen backup
+          key cannot purge the images. Any write or owner permission the key has on the bucket is
+          denied at each run of the setup.
+        '';
+      };
     };
   };
 
@@ -224,6 +259,15 @@ in
           cfg.rpcSecretFile
         ];
         message = "services.lemmy-cluster.storage: nodeKeyFile and rpcSecretFile must not point into the world-readable Nix store.";
+      }
+      {
+        assertion =
+          cfg.setup.imagesBackup == null
+          || lib.all (f: !(lib.hasPrefix "/nix/store" f)) [
+            cfg.setup.imagesBackup.accessKeyFile
+            cfg.setup.imagesBackup.secretKeyFile
+          ];
+        message = "services.lemmy-cluster.storage.setup.imagesBackup: accessKeyFile and secretKeyFile must not point into the world-readable Nix store.";
       }
       {
         assertion = !cfg.setup.enable || (cfg.setup.accessKeyFile != null && cfg.setup.secretKeyFile != null);
@@ -315,9 +359,14 @@ in
         ++ lib.optionals (cfg.setup.backup != null) [
           "backup-s3-access-key:${cfg.setup.backup.accessKeyFile}"
           "backup-s3-secret-key:${cfg.setup.backup.secretKeyFile}"
+        ]
+        ++ lib.optionals (cfg.setup.imagesBackup != null) [
+          "images-backup-access-key:${cfg.setup.imagesBackup.accessKeyFile}"
+          "images-backup-secret-key:${cfg.setup.imagesBackup.secretKeyFile}"
         ];
-        # pict-rs's key and bucket, then (with the backups' bucket) pgBackRest's: the same script
-        # once more, after the first run (every step already done is skipped).
+        # pict-rs's key and bucket, then (with the backups' bucket) pgBackRest's, then (with
+        # imagesBackup) the backup machine's read-only key on pict-rs's bucket: the same script
+        # once more each time, after the first run (every step already done is skipped).
         ExecStart = "${setupAll}";
       };
     };

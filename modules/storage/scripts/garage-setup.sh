@@ -6,7 +6,8 @@
 # another unit's credentials).
 #
 # Usage: garage-setup.sh --bucket NAME --key-name NAME --access-key-file FILE --secret-key-file FILE
-#                        [--rpc-secret-file FILE] [--interval SECONDS] NODE_ID:ZONE:CAPACITY...
+#                        [--read-only] [--rpc-secret-file FILE] [--interval SECONDS]
+#                        NODE_ID:ZONE:CAPACITY...
 #
 # 1. Waits until the local Garage answers and every listed node is connected to it.
 # 2. Gives every listed node that has no role yet its zone and capacity in the layout and applies
@@ -14,12 +15,16 @@
 #    or removing a node, is the admin's `garage layout` decision, as data moves).
 # 3. Imports pict-rs's S3 key (the secret goes through stdin, never on a command line), creates
 #    the bucket, and lets the key read, write and own it.
+#    With --read-only (the backup machine's key for its copy of pict-rs's bucket): the bucket must
+#    exist already (pict-rs's run creates it; the script fails if it is missing), and the key may
+#    only read (and list) it: any write or owner permission it has there is denied, so that a
+#    stolen key cannot delete or overwrite images.
 # Every step is skipped when already done, so the script runs at each start of its unit. Exits 1
 # on an error (its unit retries); waits as long as nodes are missing, saying which.
 set -euo pipefail
 
 GARAGE=${GARAGE:-garage}
-bucket="" key_name="" access_key_file="" secret_key_file="" interval=5
+bucket="" key_name="" access_key_file="" secret_key_file="" interval=5 read_only=0
 nodes=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -27,6 +32,7 @@ while [ $# -gt 0 ]; do
     --key-name) key_name=$2; shift 2 ;;
     --access-key-file) access_key_file=$2; shift 2 ;;
     --secret-key-file) secret_key_file=$2; shift 2 ;;
+    --read-only) read_only=1; shift ;;
     --rpc-secret-file) export GARAGE_RPC_SECRET_FILE=$2; shift 2 ;;
     --interval) interval=$2; shift 2 ;;
     -*) echo "garage-setup: unknown option $1" >&2; exit 2 ;;
@@ -36,7 +42,7 @@ done
 if [ -z "$bucket" ] || [ -z "$key_name" ] || [ -z "$access_key_file" ] || [ -z "$secret_key_file" ] \
     || [ ${#nodes[@]} -eq 0 ]; then
     echo "usage: garage-setup.sh --bucket NAME --key-name NAME --access-key-file FILE" \
-        "--secret-key-file FILE [--rpc-secret-file FILE] [--interval SECONDS] NODE_ID:ZONE:CAPACITY..." >&2
+        "--secret-key-file FILE [--read-only] [--rpc-secret-file FILE] [--interval SECONDS] NODE_ID:ZONE:CAPACITY..." >&2
     exit 2
 fi
 
@@ -120,6 +126,12 @@ access_key_id=""
 read_secret "$access_key_file" access_key_id
 [[ $access_key_id =~ ^GK[0-9a-f]{24}$ ]] \
     || fail "$access_key_file does not hold a Garage access key id (GK and 24 hex digits; synth secrets init makes one)"
+# A read-only key is given access to a bucket that another run made: checked before the key is
+# imported, so that a run that fails here changes nothing.
+if [ $read_only -eq 1 ] && ! err=$("$GARAGE" bucket info "$bucket" 2>&1 >/dev/null); then
+    fail "bucket $bucket does not exist; --read-only gives a key access to an existing bucket" \
+        "(pict-rs's setup creates it): ${err##*$'\n'}"
+fi
 if "$GARAGE" key info "$access_key_id" >/dev/null 2>&1; then
     log "key $access_key_id exists"
 else
@@ -131,6 +143,14 @@ else
         '{accessKeyId: ($id | rtrimstr("\n")), secretAccessKey: ($secret | rtrimstr("\n")), name: $name}' \
         | "$GARAGE" json-api ImportKey - >/dev/null
     log "imported key $access_key_id ($key_name)"
+fi
+if [ $read_only -eq 1 ]; then
+    # A key that was given more (reused by mistake) loses it. Garage's deny turns off only the
+    # flags given and leaves a permission the key does not have as it is: safe at every run.
+    "$GARAGE" bucket deny --write --owner "$bucket" --key "$access_key_id" >/dev/null
+    "$GARAGE" bucket allow --read "$bucket" --key "$access_key_id" >/dev/null
+    log "key $access_key_id may only read bucket $bucket (no write, no owner); done"
+    exit 0
 fi
 if "$GARAGE" bucket info "$bucket" >/dev/null 2>&1; then
     log "bucket $bucket exists"
