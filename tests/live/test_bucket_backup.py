@@ -1,13 +1,14 @@
-"""Live tests of the images bucket's backup procedure (README, "Backups and point-in-time recovery",
-**Images.**): Debian's rclone 1.60 copying pict-rs's bucket to a folder and back.
+"""Live tests of the images bucket's backup (README, "Backups and point-in-time recovery", **Images.**):
+modules/backup/scripts/bucket-backup.sh, the script the backup machine's unit runs, driving
+Debian's rclone 1.60 to copy pict-rs's bucket to a folder; restores with rclone back.
 
-The procedure is `rclone sync garage:pictrs <dest>/current --backup-dir <dest>/deleted/<UTC time>`
+The script runs `rclone sync src:pictrs <dest>/current --backup-dir <dest>/deleted/<UTC time>`
 with a key that can only read: `current` is a mirror of the bucket, and what a run would delete
 or overwrite there (an object purged from the bucket, the old version of an overwritten one) is
-moved to that run's `deleted/<UTC time>/` instead of vanishing. A plain `rclone sync` would
-delete the backup's copy at the next run after a purge, which is what the backup is for.
-Restores are `rclone copyto`/`rclone copy` from those folders into the bucket with a key that can
-write.
+moved to that run's `deleted/<UTC time>/` instead of vanishing; then it removes the deleted/
+folders whose time (their name) is older than --keep-days. A plain `rclone sync` would delete the
+backup's copy at the next run after a purge, which is what the backup is for. Restores are
+`rclone copyto`/`rclone copy` from those folders into the bucket with a key that can write.
 
 rclone is the tool under test. The S3 server stands in for Garage, which cannot be installed
 here: moto's S3 (5.2, its server on the loopback of an "s3" namespace, its signature-v4 and IAM
@@ -18,10 +19,13 @@ s3:ListBucket); Garage's is `garage bucket allow --read` (not run here). Subnet 
 bridge lcbr-k5, namespaces lck5-; rclone and boto3 run in the test's own namespace, the backup
 folder is under a temporary folder.
 
-rclone's configuration is a file without keys (type = s3, provider = Other, the endpoint, the
-region, path-style requests, no bucket check); the keys reach rclone only through its own
-environment (RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID / _SECRET_ACCESS_KEY), the test's CA through
---ca-cert (test-only: Garage's S3 API is plain http on port 3900).
+The script is run as the unit runs it: the read-only key's two files (--access-key-file,
+--secret-key-file), path-style requests, and here the test's CA (--ca-cert; test-only: Garage's S3
+API is plain http on port 3900). It writes rclone's configuration without keys (type = s3,
+provider = Other, the endpoint, the region, path-style, no bucket check) to a private temporary
+folder; the keys reach rclone only through its own environment (RCLONE_CONFIG_SRC_ACCESS_KEY_ID /
+_SECRET_ACCESS_KEY), which a stand-in for rclone checks (test_f_*). The restores run rclone
+directly, with a configuration of the same shape and pict-rs's key in rclone's environment.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
+import re
 import secrets
 import shutil
 import ssl
@@ -44,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require, require_root
+from tests.conftest import ROOT, require, require_root
 from tests.live import pg
 from tests.live.netns import Host, Network
 from tests.live.test_backup_s3 import MOTO_PORT, NGINX, make_certificates, nginx_conf
@@ -57,7 +63,9 @@ ENDPOINT = f"https://{S3_ADDRESS}"
 BUCKET = "pictrs"
 REGION = "garage"
 RCLONE = "/usr/bin/rclone"
-REMOTE = "garage"
+REMOTE = "garage"  # the restores' remote (README); the script's is "src"
+SCRIPT = ROOT / "modules" / "backup" / "scripts" / "bucket-backup.sh"
+STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}Z$")
 
 READ_ONLY = ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"]
 
@@ -74,6 +82,7 @@ class Lab:
     dest: Path  # the backup folder: current/ and deleted/<UTC time>/
     conf: Path
     ca: Path
+    keyfiles: tuple[Path, Path]  # the read-only key's id and secret, one a file
     writer: Key  # pict-rs's key: s3:*
     reader: Key  # the backup's key: read only
     s3: Any  # boto3's S3 client with pict-rs's key
@@ -90,21 +99,39 @@ class Lab:
         cmd = [RCLONE, "--config", str(self.conf), "--ca-cert", str(self.ca), *args]
         return subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=120, check=False)
 
-    def backup(self) -> str:
-        """One run of the documented backup, with the read-only key; the run's deleted/ folder name."""
-        # The README's `date -u +%Y-%m-%dT%H%M%SZ`, with microseconds: the tests run twice a second.
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%S.%fZ")
-        self.stamps.append(stamp)
-        r = self.rclone(
-            self.reader,
-            "sync",
-            f"{REMOTE}:{BUCKET}",
-            str(self.dest / "current"),
-            "--backup-dir",
-            str(self.dest / "deleted" / stamp),
+    def script(self, *extra: str, keep_days: str = "30") -> subprocess.CompletedProcess[str]:
+        """bucket-backup.sh as the unit runs it: the read-only key's files, path-style, the CA."""
+        return run_script(
+            self.workdir,
+            "--endpoint",
+            ENDPOINT,
+            "--region",
+            REGION,
+            "--bucket",
+            BUCKET,
+            "--dest",
+            str(self.dest),
+            "--keep-days",
+            keep_days,
+            "--access-key-file",
+            str(self.keyfiles[0]),
+            "--secret-key-file",
+            str(self.keyfiles[1]),
+            "--path-style",
+            "--ca-cert",
+            str(self.ca),
+            *extra,
         )
+
+    def backup(self, keep_days: str = "30") -> str:
+        """One run of the script; the run's deleted/ folder name (from its summary line)."""
+        r = self.script(keep_days=keep_days)
         assert r.returncode == 0, r.stdout + r.stderr
-        return stamp
+        m = re.search(rf"moved to {re.escape(str(self.dest))}/deleted/(\S+);", r.stdout)
+        assert m and STAMP.match(m.group(1)), r.stdout
+        assert not any((self.workdir / "tmp").iterdir()), "the script's rclone.conf folder was left behind"
+        self.stamps.append(m.group(1))
+        return m.group(1)
 
     def put(self, key: str, body: bytes) -> None:
         self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
@@ -115,6 +142,20 @@ class Lab:
             for o in page.get("Contents", []):
                 out[o["Key"]] = self.s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
         return out
+
+
+def run_script(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": pg.SYS_PATH, "HOME": str(workdir), "TMPDIR": str(workdir / "tmp")}
+    (workdir / "tmp").mkdir(exist_ok=True)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=base | (env or {}), text=True, capture_output=True, timeout=120, check=False
+    )
+
+
+def write_key(path: Path, value: str) -> Path:
+    path.write_text(value + "\n")  # as an admin's editor leaves it; the script strips one newline
+    path.chmod(0o400)
+    return path
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -203,7 +244,9 @@ def lab() -> Iterator[Lab]:
                 aws_secret_access_key=writer.secret,
                 verify=str(certs["ca"]),
             )
-            yield Lab(workdir, workdir / "backup", conf, certs["ca"], writer, reader, client, [])
+            keyfiles = (write_key(workdir / "access-key", reader.id), write_key(workdir / "secret-key", reader.secret))
+            dest = workdir / "backup"
+            yield Lab(workdir, dest, conf, certs["ca"], keyfiles, writer, reader, client, [])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -232,7 +275,9 @@ def test_a_sync_copies_every_object_byte_for_byte_with_a_read_only_key(lab: Lab)
     assert got.keys() == OBJECTS.keys()
     for key, body in OBJECTS.items():
         assert hashlib.sha256(got[key]).hexdigest() == hashlib.sha256(body).hexdigest(), key
-    assert not (lab.dest / "deleted").exists() or not files(lab.dest / "deleted"), "nothing was deleted yet"
+    assert not files(lab.dest / "deleted"), "nothing was deleted yet"
+    for sub in ("current", "deleted"):
+        assert (lab.dest / sub).stat().st_mode & 0o777 == 0o750, sub
 
 
 def test_a_purged_and_an_overwritten_object_stay_in_the_backup(lab: Lab) -> None:
@@ -279,3 +324,154 @@ def test_the_backup_key_cannot_write_or_delete(lab: Lab) -> None:
     r = lab.rclone(lab.reader, "deletefile", f"{REMOTE}:{BUCKET}/{ADDED}", "--retries", "1")
     assert r.returncode != 0 and "AccessDenied" in r.stderr, r.stdout + r.stderr
     assert lab.bucket() == before
+
+
+def stamp_days_ago(days: int) -> str:
+    return (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+def test_e_deleted_folders_older_than_keep_days_expire_by_the_time_in_their_name(lab: Lab) -> None:
+    deleted = lab.dest / "deleted"
+    old, recent = deleted / stamp_days_ago(40), deleted / stamp_days_ago(2)
+    other = deleted / "kept-by-hand"
+    for d in (old, recent, other):
+        (d / "files").mkdir(parents=True)
+        (d / "files" / "x").write_bytes(b"x")
+        os.utime(d, (0, 0))  # an mtime far in the past: the name decides, not the mtime
+    before = files(lab.dest / "current")
+    lab.backup(keep_days="0")  # 0 keeps every folder
+    assert old.exists() and recent.exists() and other.exists()
+    lab.backup(keep_days="30")
+    assert not old.exists(), "a folder 40 days old outlived --keep-days 30"
+    assert recent.exists() and other.exists()
+    assert all((deleted / s).exists() for s in lab.stamps[:2]), "today's folders were removed"
+    assert files(lab.dest / "current") == before
+
+
+# A stand-in for rclone: records its arguments, its environment and the configuration file it is
+# given, then exits with $FAKE_RCLONE_RC (default 0).
+FAKE_RCLONE = """#!/bin/bash
+out=${0%/*}
+printf '%s\\0' "$@" > "$out/argv"
+env -0 > "$out/env"
+cp -- "$RCLONE_CONFIG" "$out/conf"
+stat -c %a -- "${RCLONE_CONFIG%/*}" > "$out/confdir-mode"
+echo "${RCLONE_CONFIG%/*}" > "$out/confdir"
+exit "${FAKE_RCLONE_RC:-0}"
+"""
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    (tmp_path / "bin").mkdir()
+    rclone = tmp_path / "bin" / "rclone"
+    rclone.write_text(FAKE_RCLONE)
+    rclone.chmod(0o755)
+    write_key(tmp_path / "ak", "AKIDTESTKEY1234")
+    write_key(tmp_path / "sk", "s3cr3t/with+chars=")
+    (tmp_path / "ca.pem").write_text("not read by the stand-in\n")
+    return tmp_path
+
+
+def fake_args(folder: Path, *extra: str) -> list[str]:
+    return [
+        "--endpoint",
+        "http://10.0.0.5:3900",
+        "--region",
+        "garage",
+        "--bucket",
+        "pictrs",
+        "--dest",
+        str(folder / "dest"),
+        "--keep-days",
+        "30",
+        "--access-key-file",
+        str(folder / "ak"),
+        "--secret-key-file",
+        str(folder / "sk"),
+        "--rclone",
+        str(folder / "bin" / "rclone"),
+        *extra,
+    ]
+
+
+def recorded(folder: Path) -> tuple[list[str], dict[str, str]]:
+    argv = (folder / "bin" / "argv").read_bytes().decode().split("\0")[:-1]
+    env = dict(e.split("=", 1) for e in (folder / "bin" / "env").read_bytes().decode().split("\0") if e)
+    return argv, env
+
+
+def test_f_the_keys_reach_rclone_only_in_its_environment(fake: Path) -> None:
+    r = run_script(fake, *fake_args(fake, "--path-style", "--ca-cert", str(fake / "ca.pem")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    argv, env = recorded(fake)
+    dest = fake / "dest"
+    assert argv[:5] == ["sync", "src:pictrs", f"{dest}/current", "--backup-dir", argv[4]]
+    assert re.fullmatch(rf"{re.escape(str(dest))}/deleted/\d{{4}}-\d{{2}}-\d{{2}}T\d{{6}}Z", argv[4]), argv
+    assert argv[argv.index("--ca-cert") + 1] == str(fake / "ca.pem")
+    for secret in ("AKIDTESTKEY1234", "s3cr3t/with+chars="):
+        assert not any(secret in a for a in argv), argv
+        assert secret not in (fake / "bin" / "conf").read_text()
+        assert secret not in r.stdout + r.stderr
+    assert env["RCLONE_CONFIG_SRC_ACCESS_KEY_ID"] == "AKIDTESTKEY1234"
+    assert env["RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY"] == "s3cr3t/with+chars="
+    conf = (fake / "bin" / "conf").read_text().splitlines()
+    assert conf == [
+        "[src]",
+        "type = s3",
+        "provider = Other",
+        "endpoint = http://10.0.0.5:3900",
+        "region = garage",
+        "force_path_style = true",
+        "no_check_bucket = true",
+    ]
+    assert (fake / "bin" / "confdir-mode").read_text().strip() == "700"
+    assert not Path((fake / "bin" / "confdir").read_text().strip()).exists(), "rclone.conf outlived the run"
+
+
+def test_f_the_credentials_directory_wins_and_no_path_style_without_the_flag(fake: Path) -> None:
+    creds = fake / "creds"
+    creds.mkdir()
+    write_key(creds / "images-backup-access-key", "FROMCREDS")
+    write_key(creds / "images-backup-secret-key", "fromcredssecret")
+    r = run_script(fake, *fake_args(fake), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    argv, env = recorded(fake)
+    assert env["RCLONE_CONFIG_SRC_ACCESS_KEY_ID"] == "FROMCREDS"
+    assert env["RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY"] == "fromcredssecret"
+    assert "--ca-cert" not in argv
+    assert "force_path_style" not in (fake / "bin" / "conf").read_text()
+
+
+def test_f_rclone_failing_usage_errors_and_empty_keys(fake: Path) -> None:
+    r = run_script(fake, *fake_args(fake), env={"FAKE_RCLONE_RC": "7"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "rclone sync failed (exit 7)" in r.stderr and "nothing was deleted" in r.stderr, r.stderr
+    old = fake / "dest" / "deleted" / stamp_days_ago(40)
+    old.mkdir()
+    r = run_script(fake, *fake_args(fake), env={"FAKE_RCLONE_RC": "7"})
+    assert r.returncode == 1 and old.exists(), "a failed run expired a folder"
+    (fake / "sk").chmod(0o600)
+    (fake / "sk").write_text("\n")
+    (fake / "bin" / "argv").unlink()
+    r = run_script(fake, *fake_args(fake))
+    assert r.returncode == 1 and f"{fake / 'sk'} is empty" in r.stderr, r.stderr
+    assert not (fake / "bin" / "argv").exists(), "rclone ran without a key"
+    for bad in (["--keep-days", "-1"], ["--dest", "relative"], ["--bogus"], ["--bucket"]):
+        r = run_script(fake, *fake_args(fake), *bad)
+        assert r.returncode == 2, (bad, r.stdout + r.stderr)
+    r = run_script(fake, "--endpoint", "http://x")
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_f_a_run_never_reuses_an_earlier_runs_deleted_folder(fake: Path) -> None:
+    """Two runs in one second would share deleted/<time>: the second's moved objects would
+    overwrite the first's. The script waits for a time no folder has."""
+    taken = fake / "dest" / "deleted" / stamp_days_ago(0)
+    (taken / "files").mkdir(parents=True)
+    (taken / "files" / "saved").write_bytes(b"an earlier run's")
+    r = run_script(fake, *fake_args(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    argv, _ = recorded(fake)
+    assert argv[4] != str(taken), argv
+    assert (taken / "files" / "saved").read_bytes() == b"an earlier run's"
