@@ -66,6 +66,7 @@ golden: setup
 	for ex in single small large; do $(SYNTH) generate examples/$$ex.toml --out tests/golden/$$ex; done
 	$(SYNTH) generate tests/golden/storage.toml --out tests/golden/storage
 	$(SYNTH) generate tests/golden/backup-host.toml --out tests/golden/backup-host
+	$(SYNTH) generate tests/golden/backup-storage.toml --out tests/golden/backup-storage
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis bench-results.json

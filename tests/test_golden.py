@@ -48,18 +48,22 @@ def test_storage_example_matches_golden() -> None:
         assert text == golden[rel], f"{rel} differs from tests/golden/storage/{rel}"
 
 
-def test_backup_host_matches_golden() -> None:
-    """tests/golden/backup-host.toml: examples/small.toml plus a backup machine and [backup]."""
-    fixture = GOLDEN / "backup-host.toml"
+@pytest.mark.parametrize(
+    "case,base",
+    [("backup-host", EXAMPLES / "small.toml"), ("backup-storage", GOLDEN / "storage.toml")],
+)
+def test_backup_machine_cases_match_golden(case: str, base: Path) -> None:
+    """tests/golden/<case>.toml: BASE plus a backup machine and [backup] (after 3 comment lines)."""
+    fixture = GOLDEN / f"{case}.toml"
     text = fixture.read_text()
-    assert text.split("\n", 3)[3].startswith((EXAMPLES / "small.toml").read_text()), (
-        "tests/golden/backup-host.toml must start (after its 3 comment lines) with examples/small.toml"
+    assert text.split("\n", 3)[3].startswith(base.read_text()), (
+        f"tests/golden/{case}.toml must start (after its 3 comment lines) with {base.name}"
     )
-    files = render_files(load(fixture), "backup-host.toml")
-    golden = committed_outputs(GOLDEN / "backup-host")
+    files = render_files(load(fixture), f"{case}.toml")
+    golden = committed_outputs(GOLDEN / case)
     assert sorted(files) == sorted(golden), "the set of generated files changed"
     for rel, text in files.items():
-        assert text == golden[rel], f"{rel} differs from tests/golden/backup-host/{rel}"
+        assert text == golden[rel], f"{rel} differs from tests/golden/{case}/{rel}"
 
 
 def test_generation_is_deterministic() -> None:

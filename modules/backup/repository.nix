@@ -279,9 +279,11 @@ in
               )
             }";
           };
+          # What the script calls besides rclone (GNU date, find -printf, awk).
           path = [
             pkgs.coreutils
             pkgs.findutils
+            pkgs.gawk
           ];
         };
         lemmy-cluster-backup-init = needsTls // {
