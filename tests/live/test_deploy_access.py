@@ -73,10 +73,14 @@ class Lab:
 
     def synth(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        return subprocess.run(
-            [sys.executable, "-m", "synth", *args],
-            text=True, capture_output=True, timeout=timeout, env=env, cwd=self.workdir, check=False,
-        )  # fmt: skip
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "synth", *args],
+                text=True, capture_output=True, timeout=timeout, env=env, cwd=self.workdir, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            raise AssertionError(f"synth {args[0]} still running after {timeout}s; its output:\n{out}") from None
 
     def on(self, name: str, command: str) -> subprocess.CompletedProcess[str]:
         """COMMAND on NAME through the bastion, as the deployer reaches it."""
