@@ -676,36 +676,46 @@ def test_real_run_errors_as_json(tmp_path: Path) -> None:
 def test_after_a_failed_confirmation_synth_waits_for_the_machines_own_revert(monkeypatch: pytest.MonkeyPatch) -> None:
     """The running system is read only once the machine reports its revert: a revert that takes
     long (switch-to-configuration restarts services) is never caught half-way and rolled back on
-    top. A late confirmation that the machine took ("done") keeps the new system."""
-    from synth.commands.deploy import Runner
+    top. A late confirmation that the machine took ("done") keeps the new system; a machine that
+    cannot be reached is waited for only until its deadline plus UNREACHABLE_WAIT."""
+    from synth.commands import deploy as dep
     from synth.remote import SshOptions
 
     c = load(EXAMPLES / "large.toml")
     said: list[str] = []
-    runner = Runner(
+    clock = [0.0]
+    monkeypatch.setattr(dep.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(dep.time, "monotonic", lambda: clock[0])
+    runner = dep.Runner(
         c, {}, SshOptions(), lambda h, m: said.append(m), goal="switch", confirm_timeout=3, current_system="/x"
     )
-    monkeypatch.setattr("synth.commands.deploy.time.sleep", lambda s: None)
+    unreachable = (255, "")
     for answers, code, message in (
         (
-            ["activated", "activated", "", "reverted"],
+            [(0, "activated"), (0, "activated"), (0, ""), (0, "reverted")],
             1,
             "the machine reverted by itself (its activation reports reverted)",
         ),
-        (["activated", "done"], 0, "the machine took the confirmation after all: the new system stays"),
+        ([(0, "activated"), (0, "done")], 0, "the machine took the confirmation after all: the new system stays"),
+        ([unreachable] * 100, 1, "(it cannot be reached): its running system is read next"),
     ):
         states = iter(answers)
         seen: list[str] = []
+        clock[0] = 0.0
 
         def ssh(
-            name: str, command: str, states: Iterable[str] = states, seen: list[str] = seen, **kw: object
+            name: str, command: str, states: Iterable[tuple[int, str]] = states, seen: list[str] = seen, **kw: object
         ) -> subprocess.CompletedProcess[str]:
             seen.append(command)
-            return subprocess.CompletedProcess([], 0, next(iter(states)) + "\n", "")
+            rc, out = next(iter(states))
+            return subprocess.CompletedProcess([], rc, out + "\n", "")
 
         runner._ssh = ssh  # type: ignore[method-assign]
         said.clear()
         assert runner._await_revert("db1", "T1") == code
-        assert said[-1] == message, said
-        assert len(seen) == len(answers), "it stops polling at the first final state"
+        assert said[-1].endswith(message), said
         assert all("/run/lemmy-cluster/deploy/T1/state" in cmd for cmd in seen)
+        if answers[0] != unreachable:
+            assert len(seen) == len(answers), "it stops polling at the first final state"
+        else:
+            assert clock[0] <= 3 + dep.UNREACHABLE_WAIT + 2, f"waited {clock[0]} s for an unreachable machine"

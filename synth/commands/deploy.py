@@ -364,6 +364,11 @@ def untracked(flake_dir: Path) -> list[str]:
     return sorted(f for f in out.stdout.split("\0") if f and not f.endswith((".synth-tmp", "~")))
 
 
+# After a failed confirmation, how long past the machine's own deadline synth goes on trying to read
+# the state of a machine it cannot reach before it goes on (the machine reverts all the same).
+UNREACHABLE_WAIT = 30
+
+
 class Runner:
     """The deploy's side effects: the build, copy, activation and rollback commands, and the reads of
     each machine's running system (the first read of a machine is its BEFORE)."""
@@ -505,16 +510,17 @@ class Runner:
     def _await_revert(self, name: str, token: str) -> int:
         """After a failed confirmation: wait until the machine reports its activation reverted (its
         previous system running again), so that whatever reads its running system next does not
-        catch a revert half-way (and roll back on top of it). Polls its state file over ssh until
-        the deadline plus REVERT_WAIT; a machine still unreachable then is left to the caller."""
+        catch a revert half-way (and roll back on top of it). Polls its state file over ssh: while
+        it answers "activated" (the revert is under way) until the deadline plus REVERT_WAIT; while
+        it cannot be reached, until the deadline plus UNREACHABLE_WAIT; then the caller reads its
+        running system (or finds it unreadable) as before."""
         from synth import activate
 
-        wait = self.confirm_timeout + activate.REVERT_WAIT
-        end = time.monotonic() + wait
+        start = time.monotonic()
         time.sleep(min(self.confirm_timeout, 2))
-        while time.monotonic() < end:
+        while True:
             r = self._ssh(name, activate.state_command(token, self.state_dir), timeout=15)
-            state = r.stdout.strip() if r.returncode == 0 else ""
+            state = r.stdout.strip() if r.returncode == 0 else None
             if state in ("reverted", "failed"):
                 self.emit(name, f"the machine reverted by itself (its activation reports {state})")
                 return 1
@@ -522,9 +528,13 @@ class Runner:
                 # The confirmation reached it after all (the confirming ssh timed out late).
                 self.emit(name, "the machine took the confirmation after all: the new system stays")
                 return 0
+            waited = time.monotonic() - start
+            limit = self.confirm_timeout + (activate.REVERT_WAIT if state is not None else UNREACHABLE_WAIT)
+            if waited >= limit:
+                why = f"its activation still reports {state!r}" if state is not None else "it cannot be reached"
+                self.emit(name, f"no report of the revert after {waited:.0f}s ({why}): its running system is read next")
+                return 1
             time.sleep(2)
-        self.emit(name, f"no report of the revert within {wait}s: its running system is read next")
-        return 1
 
     def lemmy_upgrade(self, order: list[str]) -> LemmyUpgrade | None:
         """The Lemmy upgrade this deploy makes, if the new systems' Lemmy differs from the running one.
