@@ -20,7 +20,6 @@ nginx; or stop it, to break a frontend on purpose; the rollback starts it again)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shlex
@@ -115,7 +114,6 @@ def ops() -> Iterator[Ops]:
     # Under /tmp (not pytest's 0700 tmp_path): the postgres user must reach its folders.
     workdir = Path(tempfile.mkdtemp(prefix="lcops-", dir="/tmp"))
     workdir.chmod(0o755)
-    made_mountpoint = not Path(SECRETS_MOUNT).exists()
     Path(SECRETS_MOUNT).mkdir(parents=True, exist_ok=True)  # an empty mount point only
     cluster_file = workdir / "cluster.toml"
     shutil.copy(CLUSTER_TOML, cluster_file)
@@ -152,10 +150,12 @@ def ops() -> Iterator[Ops]:
                 n.stop()
             lab.stop_all()
     finally:
+        # The empty mount point stays: test_operations and test_deploy_access both mount a tmpfs of
+        # their own on it in each host's private mount namespace, and removing the directory here
+        # while the other module runs detaches that module's mounts (Linux >= 3.18 lets rmdir take
+        # a directory that is a mount point in another namespace): its hosts' current-system links
+        # vanished mid-test (CI: "running system unreadable", then `readlink -e` failing).
         shutil.rmtree(workdir, ignore_errors=True)
-        if made_mountpoint:
-            with contextlib.suppress(OSError):
-                Path(SECRETS_MOUNT).rmdir()
 
 
 def _ok(r: subprocess.CompletedProcess[str], what: str) -> str:
