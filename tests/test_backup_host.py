@@ -338,3 +338,33 @@ def test_with_an_external_provider_the_read_only_key_is_the_admins(tmp_path: Pat
     assert code == 0, out + err
     assert "missing: " in out and "images-backup-access-key: put the key your S3 provider gave you" in out, out
     assert not (tmp_path / "secrets" / "images-backup-access-key").exists(), "never invented"
+
+
+def test_repository_checks_report_the_last_copy_of_the_bucket() -> None:
+    now = 1_800_000_000
+    stop = now - 60
+    info = f'[{{"status":{{"code":0,"message":"ok"}},"backup":[{{"timestamp":{{"stop":{stop}}},"error":false}}]}}]'
+
+    def host(show: str) -> FakeHost:
+        return FakeHost(
+            {
+                "systemctl is-active": (0, "active"),
+                "systemctl show": (0, show),
+                "lemmy-cluster-pgbackrest": (0, info),
+            }
+        )
+
+    def copy(show: str) -> object:
+        got = {r.name: r for r in repository_checks(host(show), now=now, images=True)}
+        return got["backup: images copy"]
+
+    ok = copy(f"Result=success\nExecMainExitTimestamp=@{now - 7200}\n")
+    assert ok.ok and "2 h ago" in ok.detail, ok  # type: ignore[attr-defined]
+    old = copy(f"Result=success\nExecMainExitTimestamp=@{now - 3 * 86400}\n")
+    assert not old.ok and "does its timer run" in old.detail, old  # type: ignore[attr-defined]
+    failed = copy(f"Result=exit-code\nExecMainExitTimestamp=@{now - 600}\n")
+    assert not failed.ok and "failed (exit-code)" in failed.detail, failed  # type: ignore[attr-defined]
+    never = copy("Result=success\nExecMainExitTimestamp=\n")
+    assert never.ok and "yet" in never.detail, never  # type: ignore[attr-defined]
+    without = {r.name for r in repository_checks(host("Result=success\n"), now=now)}
+    assert "backup: images copy" not in without, "no bucket to copy: no check"

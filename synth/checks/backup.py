@@ -94,9 +94,11 @@ def repository_checks(
     max_backup_age: float = DEFAULT_MAX_BACKUP_AGE,
     rollout: bool = False,
     now: float | None = None,
+    images: bool = False,
 ) -> list[CheckResult]:
     """The backup machine (role "backup"): its pgBackRest server runs, and the repository's newest
-    backup (which it takes) is recent."""
+    backup (which it takes) is recent; with IMAGES, the last copy of pict-rs's bucket succeeded
+    within a day (it runs every six hours)."""
     now = time.time() if now is None else now
     r = host.run("systemctl is-active lemmy-cluster-pgbackrest-server.service")
     state = (r.stdout or r.stderr).strip() or f"exit {r.rc}"
@@ -107,7 +109,39 @@ def repository_checks(
             "pgBackRest's TLS server runs" if r.rc == 0 else f"lemmy-cluster-pgbackrest-server is {state}",
         )
     ]
-    return results + _last_backup(host, stanza, pgbackrest, max_backup_age, rollout, now)
+    results += _last_backup(host, stanza, pgbackrest, max_backup_age, rollout, now)
+    if images:
+        results.append(_images_copy(host, now))
+    return results
+
+
+IMAGES_UNIT = "lemmy-cluster-images-backup.service"
+MAX_IMAGES_AGE = 24 * 3600
+
+
+def _images_copy(host: Any, now: float) -> CheckResult:
+    """The last run of the bucket's copy: its result and when it ended (systemd's record)."""
+    r = host.run(f"systemctl show --timestamp=unix -p Result -p ExecMainExitTimestamp {IMAGES_UNIT}")
+    fields = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line) if r.rc == 0 else {}
+    if "Result" not in fields:
+        return CheckResult(
+            "backup: images copy", False, f"cannot read {IMAGES_UNIT}: {(r.stderr or r.stdout).strip()[:200]}"
+        )
+    ended = fields.get("ExecMainExitTimestamp", "").lstrip("@")
+    if not ended or not ended.isdigit() or int(ended) == 0:
+        return CheckResult(
+            "backup: images copy", True, "no copy of pict-rs's bucket yet (its timer runs every six hours)"
+        )
+    age = now - int(ended)
+    if fields["Result"] != "success":
+        return CheckResult(
+            "backup: images copy",
+            False,
+            f"the last copy of pict-rs's bucket failed ({fields['Result']}), {_age(age)} ago",
+        )
+    good = age <= MAX_IMAGES_AGE
+    limit = f" (more than {_age(MAX_IMAGES_AGE)}: does its timer run?)" if not good else ""
+    return CheckResult("backup: images copy", good, f"pict-rs's bucket copied {_age(age)} ago{limit}")
 
 
 def _last_backup(

@@ -77,7 +77,7 @@ def checks_for(
     if plan.postgres is not None and cluster.backup is not None:
         results += backup_checks(host, access=access, rollout=rollout)
     if plan.backup_repository is not None:
-        results += repository_checks(host, rollout=rollout)
+        results += repository_checks(host, rollout=rollout, images=plan.backup_repository.images_endpoint is not None)
     if plan.etcd is not None:
         results += etcd_checks(
             host,
