@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from synth import mesh
 from synth.backup import DEFAULT_BUCKET as DEFAULT_BACKUP_BUCKET
-from synth.backup import images_backup
+from synth.backup import images_backup, repository_host
 from synth.mesh import MeshPlan
 from synth.model import (
     Cluster,
@@ -272,7 +272,7 @@ def plan(c: Cluster) -> dict[str, HostPlan]:
     backup_s3 = c.backup is not None and c.backup.repository == "s3"
     backup_bucket = (c.backup.bucket or DEFAULT_BACKUP_BUCKET) if c.backup is not None and backup_s3 else None
     # pgBackRest's repository host: the machine with role "backup" ([backup] repository = "posix").
-    backup_host = next(iter(c.machines_with("backup")), None) if c.backup is not None else None
+    backup_host = repository_host(c) if c.backup is not None else None
     images = images_backup(c)
     # pict-rs takes one database URL: under Patroni its local HAProxy, which follows the leader.
     pictrs_proxy = patroni and shared_pictrs

@@ -43,27 +43,21 @@ let
     owner = "postgres";
   };
 
-  wrapper = pkgs.writeShellScriptBin "lemmy-cluster-pgbackrest" ''
-    exec ${pkgs.bash}/bin/bash ${scripts}/pgbackrest.sh ${
-      lib.escapeShellArgs (
-        [
-          "--bin"
-          (lib.getExe pkgs.pgbackrest)
-          "--cipher-pass-file"
-          cfg.cipherPassFile
-          "--run-as"
-          "postgres"
-        ]
-        ++ lib.optionals s3 [
-          "--s3-key-file"
-          cfg.s3AccessKeyFile
-          "--s3-key-secret-file"
-          cfg.s3SecretKeyFile
-        ]
-      )
-    } -- "$@"
-  '';
-  command = "${wrapper}/bin/lemmy-cluster-pgbackrest";
+  pgbackrest = import ./wrapper.nix {
+    inherit lib pkgs;
+    inherit (cfg) cipherPassFile;
+    runAs = "postgres";
+    s3 =
+      if s3 then
+        {
+          accessKeyFile = cfg.s3AccessKeyFile;
+          secretKeyFile = cfg.s3SecretKeyFile;
+        }
+      else
+        null;
+  };
+  wrapper = pgbackrest.package;
+  inherit (pgbackrest) command credentials;
 
   evaluated = import ./pgbackrest-settings.nix {
     inherit cfg command;
@@ -76,13 +70,6 @@ let
     };
   };
 
-  credentials = [
-    "backup-cipher-pass:${cfg.cipherPassFile}"
-  ]
-  ++ lib.optionals s3 [
-    "backup-s3-key:${cfg.s3AccessKeyFile}"
-    "backup-s3-key-secret:${cfg.s3SecretKeyFile}"
-  ];
   isPrimary = "${pkgs.bash}/bin/bash ${scripts}/is-primary.sh --socket-dir ${socketDir} --port ${toString pgCfg.port} --bin-dir ${pgPackage}/bin";
   pgUnit = if patroni then "patroni.service" else "postgresql.service";
   jobUnit = job: "pgbackrest-${cfg.stanza}-${job}";

@@ -22,20 +22,13 @@ let
   scripts = ./scripts;
   user = "pgbackrest";
 
-  wrapper = pkgs.writeShellScriptBin "lemmy-cluster-pgbackrest" ''
-    exec ${pkgs.bash}/bin/bash ${scripts}/pgbackrest.sh ${
-      lib.escapeShellArgs [
-        "--bin"
-        (lib.getExe pkgs.pgbackrest)
-        "--cipher-pass-file"
-        cfg.cipherPassFile
-        "--run-as"
-        user
-      ]
-    } -- "$@"
-  '';
-  command = "${wrapper}/bin/lemmy-cluster-pgbackrest";
-  credentials = [ "backup-cipher-pass:${cfg.cipherPassFile}" ];
+  pgbackrest = import ./wrapper.nix {
+    inherit lib pkgs;
+    inherit (cfg) cipherPassFile;
+    runAs = user;
+  };
+  wrapper = pgbackrest.package;
+  inherit (pgbackrest) command credentials;
 
   tlsFiles = import ./tls-files.nix {
     inherit lib pkgs;

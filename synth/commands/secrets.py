@@ -257,7 +257,7 @@ def init(cluster_file: Path) -> None:
     from synth import garage
     from synth.edit import set_machine_keys
     from synth.model import load, parse
-    from synth.topology import local_secret_name, plan
+    from synth.topology import BACKUP_TLS_SECRETS, local_secret_name, plan
 
     c = load(cluster_file, pending_node_ids=True)
     own_storage = bool(c.machines_with("storage"))
@@ -279,7 +279,7 @@ def init(cluster_file: Path) -> None:
             click.echo(f"created: {path}")
             created += 1
             continue
-        if key in ("backup_tls_ca", "backup_tls_cert", "backup_tls_key") and not path.exists():
+        if key in BACKUP_TLS_SECRETS and not path.exists():
             continue  # _backup_tls said why it could not make it
         if path.exists():
             why = _unusable(key, path.read_bytes())

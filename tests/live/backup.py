@@ -107,15 +107,19 @@ class Pgbackrest:
         # With a backup machine: the TLS files (the test's copies, as lemmy-cluster-backup-tls
         # makes them) and the address of this machine's pgBackRest server.
         self.tls = tls
+        self.data_dir = data_dir
+        self.socket_dir = socket_dir
+        self.port = port
+        self._place(folder, cipher_pass_file)
+
+    def _place(self, folder: Path, cipher_pass_file: Path) -> None:
+        """The configuration file and the lock and log folders in FOLDER; writes the configuration."""
         self.stanza: str = self.options["stanza"]
         self.cipher_pass_file = cipher_pass_file
         folder.mkdir(parents=True, exist_ok=True)
         self.conf = folder / "pgbackrest.conf"
         self.lock = folder / "lock"
         self.logs = folder / "log"
-        self.data_dir = data_dir
-        self.socket_dir = socket_dir
-        self.port = port
         self.write()
 
     def command(self, cipher_pass_file: Path | None = None, s3_secret_file: Path | None = None) -> list[str]:
@@ -153,7 +157,7 @@ class Pgbackrest:
         from tests.live.pg import chown_pg
 
         evaluated = self.evaluate()
-        self.archive_command: str = evaluated["archiveCommand"]
+        self.archive_command: str = evaluated.get("archiveCommand", "")
         # What nixpkgs' module adds (log levels), and the test's own folders.
         extra = {
             "log-level-console": "info",
@@ -162,11 +166,15 @@ class Pgbackrest:
             "log-path": str(self.logs),
             **self.extra_global,
         }
-        self.conf.write_text(render_conf(evaluated, self.stanza, extra))
+        self.conf.write_text(render_conf(evaluated, self.stanza, extra, self.instances(evaluated)))
         self.conf.chmod(0o644)
         for d in (self.lock, self.logs):
             d.mkdir(exist_ok=True)
             chown_pg(d)
+
+    def instances(self, evaluated: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The stanza's pgN- instances (None: this machine's own, evaluated["instance"])."""
+        return None
 
     def run(
         self, host: Any, *args: str, cipher_pass_file: Path | None = None, timeout: float = 300
@@ -233,21 +241,15 @@ class RepositoryHost(Pgbackrest):
         databases: dict[str, tuple[Path, Path]],
     ) -> None:
         self.databases = databases  # machine -> (data dir, socket dir) of the test
-        opts: dict[str, Any] = host_data(c, plan(c)[machine])["services"]["lemmy-cluster"]["backupRepository"]
-        self.repository_options = opts
         self.machine = machine
-        self.options = opts
-        self.stanza = opts["stanza"]
-        self.cipher_pass_file = cipher_pass_file
+        self.options = host_data(c, plan(c)[machine])["services"]["lemmy-cluster"]["backupRepository"]
         self.tls = tls
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "pgbackrest.conf"
-        self.lock = folder / "lock"
-        self.logs = folder / "log"
-        self.write()
+        self.s3_key_files = None
+        self.extra_global = {}
+        self._place(folder, cipher_pass_file)
 
     def evaluate(self) -> dict[str, Any]:
-        cfg = dict(self.repository_options)
+        cfg = dict(self.options)
         cfg["databases"] = [
             d | {"dataDir": str(self.databases[d["name"]][0]), "socketDir": str(self.databases[d["name"]][1])}
             for d in cfg["databases"]
@@ -257,19 +259,6 @@ class RepositoryHost(Pgbackrest):
         )
         return result
 
-    def write(self) -> None:
-        from tests.live.pg import chown_pg
-
-        evaluated = self.evaluate()
-        extra = {
-            "log-level-console": "info",
-            "log-level-file": "off",
-            "lock-path": str(self.lock),
-            "log-path": str(self.logs),
-        }
-        instances = [evaluated["instances"][n] for n in sorted(evaluated["instances"])]
-        self.conf.write_text(render_conf(evaluated, self.stanza, extra, instances))
-        self.conf.chmod(0o644)
-        for d in (self.lock, self.logs):
-            d.mkdir(exist_ok=True)
-            chown_pg(d)
+    def instances(self, evaluated: dict[str, Any]) -> list[dict[str, Any]] | None:
+        # nixpkgs numbers the instances in the order of their names.
+        return [evaluated["instances"][n] for n in sorted(evaluated["instances"])]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.live import pg
-from tests.live.backup import PGBACKREST, Pgbackrest, RepositoryHost
+from tests.live.backup import PGBACKREST, Pgbackrest
 from tests.live.netns import Network
 from tests.live.pg import PgLab, PgServer, chown_pg
 
@@ -239,39 +239,11 @@ def bench_backup_host(results: dict[str, Any]) -> list[Row]:
         with Network(f"{th.SUBNET}0/24", bridge="lcbr-k3", prefix="lck3-") as net:
             lab = PgLab(net, workdir / "lab", pg.load_cluster(toml))
             try:
-                cipher = workdir / "cipher-pass"
-                shutil.copyfile(secrets_dir / "backup-cipher-pass", cipher)
-                cipher.chmod(0o600)
-                chown_pg(cipher)
-                srv = lab.server("db1")
-                tls = th.tls_copy(secrets_dir, "db1", srv.base / "tls") | {"listenAddress": srv.address}
-                br = Pgbackrest(lab.cluster, "db1", srv.base / "pgbackrest", cipher, srv.data, srv.run_dir, tls=tls)
-                srv.extra_opts = {"archiveCommand": br.archive_command}
-                bk_host = lab.host("bk1")
-                bk_dir = workdir / "bk1"
-                bk_dir.mkdir(mode=0o755)
-                bk_tls = th.tls_copy(secrets_dir, "bk1", bk_dir / "tls") | {"listenAddress": th.BK1}
                 # db2 is named in bk1's configuration: its pgBackRest server runs, its PostgreSQL
                 # not (a standby stopped); later the server goes too (the machine unreachable).
-                db2 = lab.server("db2")
-                br2 = Pgbackrest(
-                    lab.cluster,
-                    "db2",
-                    db2.base / "pgbackrest",
-                    cipher,
-                    db2.data,
-                    db2.run_dir,
-                    tls=th.tls_copy(secrets_dir, "db2", db2.base / "tls") | {"listenAddress": db2.address},
-                )
-                bk = RepositoryHost(
-                    lab.cluster,
-                    "bk1",
-                    bk_dir / "pgbackrest",
-                    cipher,
-                    bk_tls,
-                    {"db1": (srv.data, srv.run_dir), "db2": (db2.data, db2.run_dir)},
-                )
-                db2_server = br2.server(db2.host)
+                cipher, brs, bk, bk_host = th.lab_machines(lab, workdir, secrets_dir)
+                srv, br = lab.servers["db1"], brs["db1"]
+                db2_server = brs["db2"].server(lab.servers["db2"].host)
                 procs += [bk.server(bk_host), br.server(srv.host), db2_server]
                 lab.init_primary(srv)
                 r = bk.run(bk_host, "stanza-create")

@@ -96,6 +96,29 @@ def tls_copy(secrets: Path, machine: str, folder: Path) -> dict[str, str]:
     return {name: str(target) for name, (_, target) in files.items()}
 
 
+def lab_machines(lab: PgLab, workdir: Path, secrets: Path) -> tuple[Path, dict[str, Pgbackrest], RepositoryHost, Host]:
+    """pgBackRest on db1, db2 and bk1 of LAB as the modules configure it, with `synth secrets
+    init`'s files from SECRETS: (the passphrase's file, the postgres machines' Pgbackrest, bk1's
+    RepositoryHost, bk1's namespace host). db1's and db2's archive_command is the module's."""
+    cipher = workdir / "cipher-pass"
+    shutil.copyfile(secrets / "backup-cipher-pass", cipher)
+    cipher.chmod(0o600)
+    chown_pg(cipher)
+    brs = {}
+    for machine in ("db1", "db2"):
+        srv = lab.server(machine)
+        tls = tls_copy(secrets, machine, srv.base / "tls") | {"listenAddress": srv.address}
+        brs[machine] = Pgbackrest(lab.cluster, machine, srv.base / "pgbackrest", cipher, srv.data, srv.run_dir, tls=tls)
+        srv.extra_opts = {"archiveCommand": brs[machine].archive_command}
+    bk_host = lab.host("bk1")
+    bk_dir = workdir / "bk1"
+    bk_dir.mkdir(mode=0o755)
+    bk_tls = tls_copy(secrets, "bk1", bk_dir / "tls") | {"listenAddress": BK1}
+    databases = {m: (lab.servers[m].data, lab.servers[m].run_dir) for m in ("db1", "db2")}
+    bk = RepositoryHost(lab.cluster, "bk1", bk_dir / "pgbackrest", cipher, bk_tls, databases)
+    return cipher, brs, bk, bk_host
+
+
 def synth(cluster_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "synth", *args, str(cluster_file)],
@@ -129,25 +152,8 @@ def hlab() -> Iterator[HostLab]:
     try:
         with Network(f"{SUBNET}0/24", bridge="lcbr-k3", prefix="lck3-") as net:
             lab = PgLab(net, workdir / "lab", pg.load_cluster(cluster_file))
-            cipher = workdir / "cipher-pass"
-            shutil.copyfile(secrets / "backup-cipher-pass", cipher)
-            cipher.chmod(0o600)
-            chown_pg(cipher)
-            brs = {}
-            for machine in ("db1", "db2"):
-                srv = lab.server(machine)
-                tls = tls_copy(secrets, machine, srv.base / "tls") | {"listenAddress": srv.address}
-                brs[machine] = Pgbackrest(
-                    lab.cluster, machine, srv.base / "pgbackrest", cipher, srv.data, srv.run_dir, tls=tls
-                )
-                srv.extra_opts = {"archiveCommand": brs[machine].archive_command}
+            cipher, brs, bk, bk_host = lab_machines(lab, workdir, secrets)
             lab.host("app1")
-            bk_host = lab.host("bk1")
-            bk_dir = workdir / "bk1"
-            bk_dir.mkdir(mode=0o755)
-            bk_tls = tls_copy(secrets, "bk1", bk_dir / "tls") | {"listenAddress": BK1}
-            databases = {m: (lab.servers[m].data, lab.servers[m].run_dir) for m in ("db1", "db2")}
-            bk = RepositoryHost(lab.cluster, "bk1", bk_dir / "pgbackrest", cipher, bk_tls, databases)
             h = HostLab(lab, workdir, repo, cipher, secrets, brs, bk, bk_host, servers)
             for machine in ("bk1", "db1", "db2"):
                 h.start_server(machine)

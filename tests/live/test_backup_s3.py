@@ -206,6 +206,32 @@ http {{
     return conf
 
 
+def enforce_auth(base: str, ca: Path) -> None:
+    """From now on moto checks every request's signature and the IAM policies (its reset-auth)."""
+    # (A form's content type would hide the body from moto: plain text.)
+    req = urllib.request.Request(
+        f"{base}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+    )
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(ca)), timeout=5) as r:
+        assert r.status == 200, r.read()
+
+
+def wait_for_s3(base: str, ca: Path, log: Path, timeout: float = 20) -> None:
+    """Until the S3 server behind nginx answers over TLS at BASE (moto's API); its LOG if it never does."""
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/moto-api/data.json", context=context, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the S3 server did not answer: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
 def start_s3(host: Host, folder: Path, certs: dict[str, Path]) -> tuple[str, str]:
     """moto and nginx in HOST's namespace; the backups' user, key and bucket made there, then
     moto's authentication turned on (every later request must be signed with that key). Returns
@@ -220,19 +246,8 @@ def start_s3(host: Host, folder: Path, certs: dict[str, Path]) -> tuple[str, str
     host.popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     host.popen([NGINX, "-e", str(folder / "error.log"), "-c", str(nginx_conf(folder, certs))])
-    context = ssl.create_default_context(cafile=str(certs["ca"]))
     base = f"https://{S3_ADDRESS}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/moto-api/data.json", context=context, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the S3 server did not answer: {(folder / 'moto.log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    wait_for_s3(base, certs["ca"], folder / "moto.log")
     admin = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
     kw = {"endpoint_url": base, "region_name": REGION, "verify": str(certs["ca"])}
     iam = boto3.client("iam", **kw, **admin)
@@ -243,12 +258,7 @@ def start_s3(host: Host, folder: Path, certs: dict[str, Path]) -> tuple[str, str
     boto3.client("s3", **kw, **admin).create_bucket(
         Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
     )
-    # (A form's content type would hide the body from moto: plain text.)
-    req = urllib.request.Request(
-        f"{base}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
-    )
-    with urllib.request.urlopen(req, context=context, timeout=5) as r:
-        assert r.status == 200, r.read()
+    enforce_auth(base, certs["ca"])
     return str(made["AccessKeyId"]), str(made["SecretAccessKey"])
 
 

@@ -37,12 +37,9 @@ import os
 import re
 import secrets
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +50,7 @@ import pytest
 from tests.conftest import ROOT, require, require_root
 from tests.live import pg
 from tests.live.netns import Host, Network
-from tests.live.test_backup_s3 import MOTO_PORT, NGINX, make_certificates, nginx_conf
+from tests.live.test_backup_s3 import MOTO_PORT, NGINX, enforce_auth, make_certificates, nginx_conf, wait_for_s3
 
 pytestmark = pytest.mark.live
 
@@ -184,18 +181,7 @@ def start_s3(host: Host, folder: Path, certs: dict[str, Path]) -> tuple[Key, Key
     log.close()
     conf = nginx_conf(folder, certs, address=S3_ADDRESS)
     host.popen([NGINX, "-e", str(folder / "error.log"), "-c", str(conf)])
-    context = ssl.create_default_context(cafile=str(certs["ca"]))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{ENDPOINT}/moto-api/data.json", context=context, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the S3 server did not answer: {(folder / 'moto.log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    wait_for_s3(ENDPOINT, certs["ca"], folder / "moto.log")
     admin = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
     kw = {"endpoint_url": ENDPOINT, "region_name": REGION, "verify": str(certs["ca"])}
     iam = boto3.client("iam", **kw, **admin)
@@ -209,11 +195,7 @@ def start_s3(host: Host, folder: Path, certs: dict[str, Path]) -> tuple[Key, Key
         keys.append(Key(str(made["AccessKeyId"]), str(made["SecretAccessKey"])))
     location = {"LocationConstraint": REGION}
     boto3.client("s3", **kw, **admin).create_bucket(Bucket=BUCKET, CreateBucketConfiguration=location)
-    req = urllib.request.Request(
-        f"{ENDPOINT}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
-    )
-    with urllib.request.urlopen(req, context=context, timeout=5) as r:
-        assert r.status == 200, r.read()
+    enforce_auth(ENDPOINT, certs["ca"])
     return keys[0], keys[1]
 
 
